@@ -1,0 +1,258 @@
+"""Every seam of the rotator in one file: the value types that cross them and the
+two Protocols that backends implement.
+
+* :class:`Issuer` - a vendor that mints, lists, revokes and probes keys
+  (``rotator.vendors``).
+* :class:`SecretStore` - a place consumers read a key from (``providers``).
+
+Both Protocols are kept to the few methods every backend can honour. The
+engine (``rotator.engine``) speaks only to these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC as _UTC
+from datetime import datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from rotator.secret import Secret
+
+# --------------------------------------------------------------------------- stamps
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What the rotator records beside every version it writes (metadata, never the value).
+
+    Stamps let a fresh process, with no local state, know where each key stands.
+    """
+
+    key_id: str
+    """The vendor's id of the key this version holds."""
+    fingerprint: str
+    """First 12 hex of SHA-256 of the value (see :func:`rotator.secret.fingerprint`)."""
+    attempt: str
+    """The rotation attempt that wrote it."""
+    promoted_at: datetime | None = None
+    """When this version became current; ``None`` while staged."""
+
+    def to_dict(self) -> dict[str, str]:
+        """Flat string map, fit for tags, labels, annotations and custom metadata."""
+        out = {
+            "rotator-key-id": self.key_id,
+            "rotator-fingerprint": self.fingerprint,
+            "rotator-attempt": self.attempt,
+        }
+        if self.promoted_at is not None:
+            out["rotator-promoted-at"] = _iso(self.promoted_at)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str] | None) -> Stamp | None:
+        """Inverse of :meth:`to_dict`; ``None`` when the map holds no stamp."""
+        if not data or "rotator-attempt" not in data:
+            return None
+        promoted = data.get("rotator-promoted-at")
+        return cls(
+            key_id=data.get("rotator-key-id", ""),
+            fingerprint=data.get("rotator-fingerprint", ""),
+            attempt=data["rotator-attempt"],
+            promoted_at=parse_time(promoted) if promoted else None,
+        )
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(_UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 time (``Z`` or an offset) into an aware UTC datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(_UTC)
+
+
+def format_time(t: datetime) -> str:
+    """RFC 3339 UTC with microseconds and a ``Z``."""
+    return _iso(t)
+
+# --------------------------------------------------------------------------- stores
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version of a secret as a store holds it."""
+
+    version: str
+    """The store's own id of the version (AWS VersionId, KV v2 version number, ...)."""
+    value: Secret
+    """The key held (for the target's ``field``, when one is set)."""
+    stamp: Stamp | None
+    """The rotator's stamp, or ``None`` for a version the rotator did not write."""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.value.fingerprint
+
+
+@dataclass(frozen=True)
+class TargetState:
+    """What one target holds now.
+
+    ``current`` is what consumers read; ``pending`` a version staged by the
+    rotator and not yet current (``None`` when there is none, or when it has
+    been promoted). ``revision`` is an opaque token of the whole secret's state
+    at read time, handed back to :meth:`SecretStore.stage` so a concurrent
+    writer is detected.
+    """
+
+    current: StoredVersion | None
+    pending: StoredVersion | None
+    revision: str | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.current is not None or self.pending is not None
+
+
+@runtime_checkable
+class SecretStore(Protocol):
+    """A target consumers read a key from.
+
+    Rules every store follows (the contract suite in ``tests/`` checks them):
+
+    * Values never appear in exceptions, logs or metadata; errors are
+      :class:`rotator.errors.StoreError` subclasses naming :attr:`name`.
+    * A missing secret reads as ``TargetState(None, None)``; it is created by
+      the first :meth:`stage`.
+    * With a ``field`` set, the secret is a JSON (or dotenv) map; only that
+      field is read and written, the others are kept. A value that is not such a
+      map is :class:`rotator.errors.StoreFormatError`.
+    """
+
+    @property
+    def name(self) -> str:
+        """Human name of the target, e.g. ``aws:prod/payments/adjudon#ADJUDON_API_KEY``."""
+        ...
+
+    def read(self) -> TargetState:
+        """Current and pending versions with their stamps."""
+        ...
+
+    def stage(self, value: Secret, stamp: Stamp, *, expected: str | None) -> None:
+        """Durably write ``value`` as the pending version, stamped with ``stamp``.
+
+        Idempotent: if ``stamp.attempt`` is already staged (or current) with the
+        same fingerprint, return without writing. Otherwise, when ``expected`` is
+        not ``None`` and the secret's revision is no longer ``expected``, raise
+        :class:`rotator.errors.StoreConflict` and write nothing.
+        """
+        ...
+
+    def promote(self, attempt: str, promoted_at: datetime) -> None:
+        """Make the version staged by ``attempt`` current and stamp ``promoted_at``.
+
+        Idempotent: no-op when that attempt is already current. Raises
+        :class:`rotator.errors.StoreNotFound` when no version of ``attempt`` exists.
+        """
+        ...
+
+    def check_access(self) -> None:
+        """Raise a :class:`rotator.errors.StoreError` unless we may read and write.
+
+        Used before a cutover reset, which revokes the old key at once.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- issuers
+
+
+KeyStatus = Literal["active", "inactive", "revoked"]
+
+
+@dataclass(frozen=True)
+class VendorKey:
+    """A key as the vendor lists it. Never holds the raw value."""
+
+    id: str
+    prefix: str
+    name: str
+    status: KeyStatus
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True)
+class Minted:
+    """A key just created: its listing and the raw value, shown once."""
+
+    key: VendorKey
+    value: Secret = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The vendor's usage data for one key."""
+
+    key_id: str
+    last_used_at: datetime | None
+    requests_since: int | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an issuer can do; the engine picks a strategy from it."""
+
+    max_active: int
+    """How many keys may be active at once in one scope (2 overlap, 1 reset)."""
+    overlap: bool
+    """True: mint a second key beside the first. False: a reset replaces it at once."""
+    prefix_len: int
+    """How many leading characters of a key the vendor shows as its prefix."""
+
+
+class Issuer(Protocol):
+    """A vendor that issues keys, bound to one scope (a workspace, an agent, an app)."""
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def name(self) -> str:
+        """Human name, e.g. ``adjudon-prod/agent:payments``."""
+        ...
+
+    def list_keys(self) -> list[VendorKey]:
+        """Every key of this scope, active and revoked."""
+        ...
+
+    def mint(self, name: str, *, current: Secret | None = None) -> Minted:
+        """Create a key named ``name``; reset vendors need (and revoke) ``current``.
+
+        The raw value's format is checked before this returns.
+        """
+        ...
+
+    def activity(self, key_id: str, since: datetime | None = None) -> Activity:
+        """Usage of ``key_id``: ``last_used_at`` and requests since ``since``."""
+        ...
+
+    def revoke(self, key_id: str) -> VendorKey:
+        """Revoke ``key_id``. Idempotent."""
+        ...
+
+    def probe(self, value: Secret) -> bool:
+        """True when the vendor accepts ``value`` (a cheap authenticated call).
+
+        False on 401/403; transient failures raise after bounded retries.
+        """
+        ...
+
+    def matches(self, value: Secret, key: VendorKey) -> bool:
+        """True when ``value`` is the raw form of ``key`` (by its prefix)."""
+        ...

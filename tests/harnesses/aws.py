@@ -1,0 +1,1 @@
+"""The aws backend for the store contract suite (see tests/store_harness.py)."""

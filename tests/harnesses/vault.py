@@ -1,0 +1,1 @@
+"""The vault backend for the store contract suite (see tests/store_harness.py)."""
