@@ -238,3 +238,188 @@ class KeySpec(_Model):
         if self.kind != "agent" and self.agent_id:
             raise ValueError("agent_id is only for kind agent")
         return self
+
+
+# --------------------------------------------------------------------------- the file
+
+
+class RotationFile(_Model):
+    version: Literal[1]
+    state_dir: str = ".rotator"
+    defaults: Defaults = Defaults()
+    issuers: dict[str, IssuerSpec] = Field(min_length=1)
+    keys: dict[str, KeySpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> RotationFile:
+        for name, key in self.keys.items():
+            if key.issuer not in self.issuers:
+                known = ", ".join(sorted(self.issuers))
+                raise ValueError(
+                    f"keys.{name}.issuer: unknown issuer {key.issuer!r} (declared: {known})"
+                )
+            issuer = self.issuers[key.issuer]
+            if isinstance(issuer, AdjutorIssuerSpec):
+                if key.strategy == "overlap":
+                    raise ValueError(
+                        f"keys.{name}.strategy: overlap is impossible on a reset-only vendor "
+                        "(adjutor); use cutover"
+                    )
+                if key.kind is not None:
+                    raise ValueError(f"keys.{name}.kind: adjutor keys have no kind")
+        for name, issuer in self.issuers.items():
+            if isinstance(issuer, AdjudonIssuerSpec) and isinstance(issuer.credential, KeyRef):
+                ref = issuer.credential.key
+                if ref not in self.keys:
+                    raise ValueError(
+                        f"issuers.{name}.credential.key: no key named {ref!r} is declared"
+                    )
+        for name, key in self.keys.items():
+            if key.schedule is not None:
+                _check_cron(f"keys.{name}.schedule", key.schedule)
+        return self
+
+    def strategy(self, key: str) -> Literal["overlap", "cutover"]:
+        """The strategy a key uses: cutover is forced for reset-only vendors."""
+        spec = self.keys[key]
+        if isinstance(self.issuers[spec.issuer], AdjutorIssuerSpec):
+            return "cutover"
+        return spec.strategy or "overlap"
+
+    def max_age(self, key: str) -> timedelta:
+        return self.keys[key].max_age or self.defaults.max_age
+
+    def verify(self, key: str) -> VerifyPolicy:
+        return self.keys[key].verify or self.defaults.verify
+
+
+def _check_cron(where: str, expr: str) -> None:
+    from apscheduler.triggers.cron import CronTrigger  # only files with a schedule pay for it
+
+    try:
+        CronTrigger.from_crontab(expr, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(f"{where}: {expr!r} is not a 5-field cron expression ({exc})") from None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (YAML allows them silently)."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise ConfigError(
+                f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                f"(first on line {seen[key]})"
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=True)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map every field path in the document to the line (1-based) it starts on."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines.update(_line_index(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, i)))
+    return lines
+
+
+def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        found = lines.get(tuple(str(p) if isinstance(p, str) else p for p in loc[:end]))
+        if found is not None:
+            return found
+    return None
+
+
+def _describe(err: dict[str, Any], lines: dict[tuple[Any, ...], int], source: str) -> str:
+    # pydantic puts the discriminator tag ("file", "aws"...) into loc for union members: drop it
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    line = _nearest_line(lines, loc)
+    where = f"{source}:{line}" if line else source
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    return f"{where}: {path}: {msg}"
+
+
+_TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "EnvRef", "KeyRef"}
+
+
+def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFile:
+    """Parse and validate a rotation file; every problem is listed with its line."""
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    if not isinstance(data, dict) or node is None:
+        raise ConfigError(f"{source}: the rotation file must be a mapping with version, issuers, keys")
+    lines = _line_index(node)
+    try:
+        return RotationFile.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e, lines, source) for e in exc.errors()]
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise ConfigError(
+            f"{source}: {len(problems)} {noun}:\n  " + "\n  ".join(problems), problems
+        ) from None
+
+
+def load_rotation_file(path: Path) -> RotationFile:
+    """Read ``path`` and parse it; a missing file is a ConfigError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such rotation file (use -f or ROTATOR_FILE)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the rotation file ({exc.strerror})") from None
+    return parse_rotation_file(text, str(path))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Settings(BaseSettings):
+    """Process settings, from ``ROTATOR_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ROTATOR_", extra="ignore")
+
+    file: Path = Path("rotations.yaml")
+    """The rotation file, when ``-f`` is not given."""
+    state_dir: Path | None = None
+    """Overrides the file's ``state_dir``."""
+    parallel: int = Field(default=4, ge=1, le=64)
+    """Keys reconciled at once in one pass."""
+    debug: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    retry_attempts: int = Field(default=5, ge=1, le=20)
+    retry_initial: float = Field(default=0.5, gt=0)
+    retry_max_total: float = Field(default=120.0, gt=0)
+    probe_timeout: float = Field(default=60.0, gt=0)
+    """How long a new key may take to be accepted by the vendor (eventual consistency)."""

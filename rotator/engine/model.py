@@ -1,0 +1,77 @@
+"""What a pass observes and what it decides: plain values, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from rotator.abc import Capabilities, StoredVersion, TargetState, VendorKey
+from rotator.secret import Secret
+from rotator.spec import VerifyPolicy
+
+Strategy = Literal["overlap", "cutover"]
+Action = Literal["mint", "reset", "stage", "promote", "revoke", "wait", "hold", "fail", "done"]
+Phase = Literal[
+    "current", "due", "minted", "staged", "promoted", "draining", "revoked", "reset",
+    "verified", "held", "failed",
+]
+
+
+def attempt_name(key: str, attempt: str) -> str:
+    """The vendor-side name of a key minted by attempt ``attempt``: how orphans are recognised."""
+    return f"rotator:{key}:{attempt}"
+
+
+def attempt_of(key: str, vendor_key: VendorKey) -> str | None:
+    """The attempt id encoded in a vendor key's name, if the rotator minted it for ``key``."""
+    prefix = f"rotator:{key}:"
+    return vendor_key.name[len(prefix) :] if vendor_key.name.startswith(prefix) else None
+
+
+@dataclass(frozen=True)
+class TargetObs:
+    """One target as observed: its state, or why it could not be read."""
+
+    name: str
+    state: TargetState | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything ``decide`` needs, gathered by ``observe``."""
+
+    key: str
+    now: datetime
+    vendor: tuple[VendorKey, ...]
+    targets: tuple[TargetObs, ...]
+    capabilities: Capabilities
+    strategy: Strategy
+    policy: VerifyPolicy
+    max_age: timedelta
+    next_schedule_fire: datetime | None = None
+    """The key's cron schedule's first fire after the newest active key was created."""
+    force: bool = False
+    """A person asked for a rotation now (``rotator rotate``)."""
+    bootstrap: Secret | None = field(default=None, repr=False)
+    """A reset vendor's first key, given once through ``bootstrap: {env: NAME}``."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next safe step for one key, and why."""
+
+    action: Action
+    phase: Phase
+    reason: str
+    targets: tuple[int, ...] = ()
+    version: StoredVersion | None = None
+    key_id: str | None = None
+    until: datetime | None = None
+    promoted_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True when the pass ends here (nothing more to do now)."""
+        return self.action in ("wait", "hold", "fail", "done")
