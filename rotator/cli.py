@@ -1,0 +1,250 @@
+"""The command line: the composition root that wires spec, engine, vendors and stores."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from rotator import __version__
+from rotator.errors import ConfigError, RotatorError
+from rotator.logs import configure, redact
+from rotator.spec import RotationFile, Settings, load_rotation_file
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HELD = 0, 1, 2, 3
+
+
+class Context:
+    def __init__(self, file: Path | None, debug: bool) -> None:
+        self.settings = Settings()
+        self.debug = debug or self.settings.debug
+        self.file = file or self.settings.file
+
+    def load(self) -> RotationFile:
+        return load_rotation_file(self.file)
+
+    def engine(self) -> Any:
+        from rotator.engine.runner import Engine
+
+        spec = self.load()
+        return Engine(spec, base_dir=self.file.resolve().parent, settings=self.settings)
+
+
+def _keys(spec: RotationFile, wanted: Sequence[str]) -> list[str]:
+    unknown = [k for k in wanted if k not in spec.keys]
+    if unknown:
+        raise ConfigError(f"unknown key(s): {', '.join(unknown)} (declared: {', '.join(spec.keys)})")
+    return list(wanted) or list(spec.keys)
+
+
+def _emit(data: Any) -> None:
+    click.echo(redact(json.dumps(data, indent=2, default=str)))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-f", "--file", "file", type=click.Path(path_type=Path),
+              help="The rotation file (default: $ROTATOR_FILE, then ./rotations.yaml).")
+@click.option("--debug", is_flag=True, help="Log every step and show tracebacks.")
+@click.version_option(__version__, prog_name="rotator")
+@click.pass_context
+def cli(ctx: click.Context, file: Path | None, debug: bool) -> None:
+    """Rotate third-party API keys as code.
+
+    Keys, their vendors and the secret stores that hold them are declared in a
+    rotation file kept in git. Each pass observes the vendor and every store,
+    decides the next safe step and takes it: mint, roll out, verify that
+    consumers have left the old key, and only then revoke it.
+    """
+    obj = Context(file, debug)
+    configure(obj.settings.log_level, debug=obj.debug)
+    ctx.obj = obj
+
+
+@cli.command()
+@click.pass_obj
+def validate(obj: Context) -> None:
+    """Check the rotation file. Exit 0 when valid, 2 when not (every problem is listed)."""
+    spec = obj.load()
+    click.echo(f"{obj.file}: ok ({len(spec.keys)} keys, {len(spec.issuers)} issuers)")
+
+
+@cli.command()
+@click.argument("keys", nargs=-1)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when steps are pending.")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text")
+@click.pass_obj
+def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: str) -> None:
+    """What each key needs now and why. Never writes anything."""
+    engine = obj.engine()
+    decisions = engine.plan(_keys(engine.spec, keys))
+    if output == "json":
+        _emit([{"key": k, "action": d.action, "phase": d.phase, "reason": d.reason,
+                "until": d.until.isoformat() if d.until else None} for k, d in decisions])
+    else:
+        for key, d in decisions:
+            click.echo(f"{key}: {d.phase} -> {d.action}: {d.reason}")
+    pending = any(d.action not in ("done", "wait") for _, d in decisions)
+    if any(d.action == "fail" for _, d in decisions):
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_INVALID if detailed_exitcode and pending else EXIT_OK)
+
+
+def _run(obj: Context, keys: Sequence[str], *, force: bool, wait: bool, dry_run: bool,
+         parallel: int | None, output: str) -> NoReturn:
+    engine = obj.engine()
+    names = _keys(engine.spec, keys)
+    if dry_run:
+        for key, d in engine.plan(names, force=force):
+            click.echo(f"{key}: would {d.action} ({d.phase}): {d.reason}")
+        sys.exit(EXIT_OK)
+    from rotator.progress import ProgressView
+
+    with ProgressView(enabled=output == "text") as view:
+        results = engine.apply(names, force=force, wait=wait, parallel=parallel,
+                               progress=view.update)
+    if output == "json":
+        _emit([r.as_dict() for r in results])
+    else:
+        for r in results:
+            click.echo(f"{r.key}: {r.outcome} ({r.phase}): {r.message}")
+    if any(r.outcome == "failed" for r in results):
+        sys.exit(EXIT_FAILED)
+    sys.exit(EXIT_HELD if any(r.outcome == "held" for r in results) else EXIT_OK)
+
+
+_wait = click.option("--wait", is_flag=True,
+                     help="Keep polling through drain waits until every key is at rest.")
+_output = click.option("--output", type=click.Choice(["text", "json"]), default="text")
+
+
+@cli.command()
+@click.argument("keys", nargs=-1)
+@_wait
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option("--parallel", type=click.IntRange(1, 64), help="Keys reconciled at once.")
+@_output
+@click.pass_obj
+def apply(obj: Context, keys: tuple[str, ...], wait: bool, dry_run: bool, parallel: int | None,
+          output: str) -> None:
+    """One reconcile pass. Exit 0 ok or waiting, 1 a key failed, 3 a key is held."""
+    _run(obj, keys, force=False, wait=wait, dry_run=dry_run, parallel=parallel, output=output)
+
+
+@cli.command()
+@click.argument("key")
+@_wait
+@_output
+@click.pass_obj
+def rotate(obj: Context, key: str, wait: bool, output: str) -> None:
+    """Start a rotation of KEY now, due or not. Exit codes as apply."""
+    _run(obj, [key], force=True, wait=wait, dry_run=False, parallel=1, output=output)
+
+
+@cli.command()
+@click.argument("key", required=False)
+@_output
+@click.pass_obj
+def status(obj: Context, key: str | None, output: str) -> None:
+    """Phase, ages, key prefixes and fingerprints, and whether targets are in sync."""
+    from rotator.engine.decide import decide
+    from rotator.engine.status import describe
+
+    engine = obj.engine()
+    rows = []
+    for name in _keys(engine.spec, [key] if key else []):
+        try:
+            obs = engine.observe(name)
+            rows.append(describe(obs, decide(obs)))
+        except RotatorError as exc:
+            rows.append({"key": name, "phase": "failed", "reason": str(exc), "targets": []})
+    if output == "json":
+        _emit(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
+        for k in row.get("vendor_keys", []):
+            used = k["last_used_at"] or "never"
+            click.echo(f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}")
+        for t in row["targets"]:
+            if t["error"]:
+                click.echo(f"  target  {t['name']}: ERROR {t['error']}")
+                continue
+            cur, pen = t.get("current"), t.get("pending")
+            shown = f"{cur['prefix']} fp {cur['fingerprint']}" if cur else "empty"
+            extra = f", pending {pen['prefix']} fp {pen['fingerprint']}" if pen else ""
+            click.echo(f"  target  {t['name']}: {shown}{extra}")
+        if row.get("lagging"):
+            click.echo(f"  lagging: {', '.join(row['lagging'])}")
+
+
+@cli.group()
+def audit() -> None:
+    """The audit journal (hash-chained JSON lines in state_dir)."""
+
+
+@audit.command("verify")
+@click.pass_obj
+def audit_verify(obj: Context) -> None:
+    """Check the journal's hash chain. Exit 0 intact, 1 broken."""
+    from rotator.audit import Journal
+
+    spec = obj.load()
+    state_dir = obj.settings.state_dir or Path(spec.state_dir)
+    if not state_dir.is_absolute():
+        state_dir = obj.file.resolve().parent / state_dir
+    result = Journal(state_dir).verify()
+    if result.ok:
+        click.echo(f"journal intact: {result.checked} entries")
+        return
+    click.echo(f"journal broken at line {result.first_bad}: {result.reason}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.option("--drain", default="3s", show_default=True, help="Drain period of the demo rotation.")
+@click.option("--keep", type=click.Path(path_type=Path),
+              help="Run in this directory and keep it (default: a temporary one).")
+def sandbox(drain: str, keep: Path | None) -> None:
+    """The embedded demo: an emulated vendor, a file store, a live consumer and one full
+    overlap rotation (mint, stage, promote, drain, revoke), with a summary at the end."""
+    from rotator.sandbox.demo import run_demo
+
+    sys.exit(run_demo(drain=drain, directory=keep))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: errors are one line on stderr (a traceback with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or Settings().debug
+    try:
+        cli.main(args=args, prog_name="rotator", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_INVALID)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except ConfigError as exc:
+        _fail(exc, debug, EXIT_INVALID)
+    except RotatorError as exc:
+        _fail(exc, debug, EXIT_FAILED)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
+        _fail(exc, debug, EXIT_FAILED, prefix=f"unexpected {type(exc).__name__}: ")
+
+
+def _fail(exc: BaseException, debug: bool, code: int, prefix: str = "") -> NoReturn:
+    if debug:
+        click.echo(redact("".join(traceback.format_exception(exc))), err=True)
+    click.echo(redact(f"rotator: error: {prefix}{exc}"), err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

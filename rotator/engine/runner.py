@@ -1,0 +1,459 @@
+"""One reconcile pass: for each key, under its lease, observe -> decide -> act until the
+decision is to wait, hold, fail or rest. Every step is written to the audit journal."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from rotator.abc import Issuer, SecretStore, Stamp, TargetState
+from rotator.audit import Journal
+from rotator.engine import faults
+from rotator.engine.decide import decide, show
+from rotator.engine.lease import FileLease
+from rotator.engine.model import Decision, Observation, TargetObs, attempt_name
+from rotator.errors import (
+    Held,
+    KeyLimitReached,
+    LeaseBusy,
+    RotatorError,
+    StoreError,
+    VendorAuthError,
+    VendorError,
+)
+from rotator.secret import Secret
+from rotator.spec import (
+    AdjutorIssuerSpec,
+    EnvRef,
+    KeyRef,
+    RotationFile,
+    Settings,
+)
+
+log = logging.getLogger("rotator.engine")
+
+Outcome = Literal["ok", "waiting", "held", "failed", "busy"]
+MAX_STEPS = 16
+"""Steps one key may take in one pass; a rotation needs about six."""
+
+
+@dataclass
+class KeyResult:
+    """How a pass left one key."""
+
+    key: str
+    outcome: Outcome
+    phase: str
+    message: str
+    steps: list[str] = field(default_factory=list)
+    until: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key, "outcome": self.outcome, "phase": self.phase,
+            "message": self.message, "steps": self.steps,
+            "until": self.until.isoformat() if self.until else None,
+        }
+
+
+Progress = Callable[[str, Decision], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _outcome(d: Decision) -> Outcome:
+    return {"wait": "waiting", "hold": "held", "fail": "failed"}.get(d.action, "ok")  # type: ignore[return-value]
+
+
+class Engine:
+    """Reconciles the keys of one rotation file."""
+
+    def __init__(
+        self,
+        spec: RotationFile,
+        *,
+        base_dir: Path,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        issuer_factory: Callable[..., Issuer] | None = None,
+        store_factory: Callable[..., SecretStore] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.base_dir = base_dir
+        self.settings = settings or Settings()
+        state_dir = self.settings.state_dir or Path(spec.state_dir)
+        self.state_dir = state_dir if state_dir.is_absolute() else base_dir / state_dir
+        self.clock = clock
+        self.journal = Journal(self.state_dir)
+        self.lease = FileLease(self.state_dir)
+        self._issuer_factory = issuer_factory
+        self._store_factory = store_factory
+        self._stores: dict[str, list[SecretStore]] = {}
+        self._issuers: dict[str, Issuer] = {}
+        self._credentials: dict[str, Secret] = {}
+
+    # ------------------------------------------------------------------ wiring
+
+    def stores(self, key: str) -> list[SecretStore]:
+        if key not in self._stores:
+            factory = self._store_factory
+            if factory is None:
+                from providers import open_store
+
+                factory = open_store
+            self._stores[key] = [
+                factory(t, base_dir=self.base_dir) for t in self.spec.keys[key].targets
+            ]
+        return self._stores[key]
+
+    def issuer(self, key: str) -> Issuer:
+        if key not in self._issuers:
+            factory = self._issuer_factory
+            if factory is None:
+                from rotator.vendors import RetryPolicy, make_issuer
+
+                s = self.settings
+                retry = RetryPolicy(attempts=s.retry_attempts, initial=s.retry_initial,
+                                    max_total=s.retry_max_total)
+
+                def factory(*a: Any, **kw: Any) -> Issuer:
+                    return make_issuer(*a, retry=retry, **kw)
+
+            spec = self.spec.keys[key]
+            issuer_spec = self.spec.issuers[spec.issuer]
+            self._issuers[key] = factory(
+                issuer_spec, spec, credential=lambda: self._credential(key)
+            )
+        return self._issuers[key]
+
+    def _credential(self, key: str) -> Secret:
+        """The management credential for ``key``'s issuer (for reset vendors: the key itself)."""
+        issuer_spec = self.spec.issuers[self.spec.keys[key].issuer]
+        if isinstance(issuer_spec, AdjutorIssuerSpec):
+            ref = key
+        elif isinstance(issuer_spec.credential, EnvRef):
+            name = issuer_spec.credential.env
+            value = os.environ.get(name)
+            if not value:
+                raise RotatorError(f"issuer {self.spec.keys[key].issuer}: environment variable {name} is not set")
+            return Secret(value)
+        else:
+            assert isinstance(issuer_spec.credential, KeyRef)
+            ref = issuer_spec.credential.key
+        if ref not in self._credentials:
+            for store in self.stores(ref):
+                state = store.read()
+                if state.current is not None:
+                    self._credentials[ref] = state.current.value
+                    break
+            else:
+                boot = self._bootstrap(ref)
+                if boot is None:
+                    raise RotatorError(f"key {ref}: no target holds a current value to authenticate with")
+                self._credentials[ref] = boot
+        return self._credentials[ref]
+
+    def _bootstrap(self, key: str) -> Secret | None:
+        boot = self.spec.keys[key].bootstrap
+        value = os.environ.get(boot.env) if boot else None
+        return Secret(value) if value else None
+
+    def _forget_credential(self, key: str) -> None:
+        self._credentials.pop(key, None)
+
+    def credential_keys(self) -> set[str]:
+        """Keys that are some issuer's management credential: rotated after the others."""
+        return {
+            i.credential.key for i in self.spec.issuers.values()
+            if not isinstance(i, AdjutorIssuerSpec) and isinstance(i.credential, KeyRef)
+        }
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, key: str, *, force: bool = False) -> Observation:
+        stores = self.stores(key)
+        with ThreadPoolExecutor(max_workers=max(1, len(stores))) as pool:
+            targets = tuple(pool.map(_read_target, stores))
+        issuer = self.issuer(key)
+        bootstrap = self._bootstrap(key)
+        if issuer.capabilities.overlap:
+            vendor = tuple(issuer.list_keys())
+        else:
+            vendor = self._list_with_stored_key(key, issuer, targets, bootstrap)
+        spec = self.spec.keys[key]
+        newest = max((k.created_at for k in vendor if k.active), default=None)
+        fire = None
+        if spec.schedule and newest is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            trigger = CronTrigger.from_crontab(spec.schedule, timezone="UTC")
+            fire = trigger.get_next_fire_time(None, newest + timedelta(microseconds=1))
+        return Observation(
+            key=key, now=self.clock(), vendor=vendor, targets=targets,
+            capabilities=issuer.capabilities, strategy=self.spec.strategy(key),
+            policy=self.spec.verify(key), max_age=self.spec.max_age(key),
+            next_schedule_fire=fire, force=force, bootstrap=bootstrap,
+        )
+
+    def _list_with_stored_key(
+        self, key: str, issuer: Issuer, targets: Sequence[TargetObs], bootstrap: Secret | None
+    ) -> tuple[Any, ...]:
+        """A reset vendor is read with the app's own key: try each stored value until one works."""
+        candidates: list[Secret] = []
+        for t in targets:
+            if t.state is not None:
+                for v in (t.state.current, t.state.pending):
+                    if v is not None and v.value not in candidates:
+                        candidates.append(v.value)
+        if bootstrap is not None and bootstrap not in candidates:
+            candidates.append(bootstrap)
+        for value in candidates:
+            self._credentials[key] = value
+            try:
+                return tuple(issuer.list_keys())
+            except VendorAuthError:
+                continue
+        self._forget_credential(key)
+        return ()
+
+    # ------------------------------------------------------------------ passes
+
+    def plan(self, keys: Sequence[str], *, force: bool = False) -> list[tuple[str, Decision]]:
+        """What each key needs now and why; writes nothing."""
+        out = []
+        for key in keys:
+            try:
+                out.append((key, decide(self.observe(key, force=force))))
+            except RotatorError as exc:
+                out.append((key, Decision("fail", "failed", str(exc))))
+        return out
+
+    def apply(
+        self,
+        keys: Sequence[str],
+        *,
+        force: bool = False,
+        wait: bool = False,
+        parallel: int | None = None,
+        progress: Progress | None = None,
+    ) -> list[KeyResult]:
+        """One pass over ``keys``: issuer credentials' own keys go last (DESIGN.md)."""
+        own = self.credential_keys()
+        waves = [[k for k in keys if k not in own], [k for k in keys if k in own]]
+        results: dict[str, KeyResult] = {}
+        workers = parallel or self.settings.parallel
+        for wave in waves:
+            if not wave:
+                continue
+            with ThreadPoolExecutor(max_workers=min(workers, len(wave))) as pool:
+                for result in pool.map(
+                    lambda k: self.reconcile(k, force=force, wait=wait, progress=progress), wave
+                ):
+                    results[result.key] = result
+        return [results[k] for k in keys]
+
+    def reconcile(
+        self, key: str, *, force: bool = False, wait: bool = False, progress: Progress | None = None
+    ) -> KeyResult:
+        """Drive one key as far as it safely goes now (or, with ``wait``, to rest)."""
+        try:
+            with self.lease.acquire(key):
+                return self._reconcile(key, force, wait, progress)
+        except LeaseBusy as exc:
+            return KeyResult(key, "busy", "unknown", f"skipped: held by {exc.holder}")
+
+    def _reconcile(self, key: str, force: bool, wait: bool, progress: Progress | None) -> KeyResult:
+        steps: list[str] = []
+        decision = Decision("fail", "failed", "no step taken")
+        for _ in range(MAX_STEPS):
+            try:
+                decision = decide(self.observe(key, force=force))
+                if progress:
+                    progress(key, decision)
+                if decision.action == "wait" and wait:
+                    self._sleep_until(decision.until)
+                    continue
+                if decision.terminal:
+                    break
+                self._act(key, decision)
+                steps.append(decision.action)
+                if decision.action in ("mint", "reset"):
+                    force = False  # a requested rotation is served once
+            except Held as exc:
+                decision = Decision("hold", "held", str(exc))
+                break
+            except RotatorError as exc:
+                decision = Decision("fail", "failed", str(exc))
+                break
+        else:
+            decision = Decision("fail", "failed", f"no rest after {MAX_STEPS} steps; last: {decision.reason}")
+        if decision.action in ("hold", "fail"):
+            self.journal.append("held" if decision.action == "hold" else "failed",
+                                key=key, reason=decision.reason)
+            log.warning("%s: %s", key, decision.reason)
+        return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
+
+    def _sleep_until(self, until: datetime | None) -> None:
+        now = self.clock()
+        pause = 1.0 if until is None else (until - now).total_seconds()
+        time.sleep(min(max(pause, 0.05), 1.0))
+
+    # ------------------------------------------------------------------ act
+
+    def _act(self, key: str, d: Decision) -> None:
+        {
+            "mint": self._mint,
+            "reset": self._reset,
+            "stage": self._stage,
+            "promote": self._promote,
+            "revoke": self._revoke,
+        }[d.action](key, d)
+
+    def _mint(self, key: str, d: Decision) -> None:
+        issuer, stores = self.issuer(key), self.stores(key)
+        attempt = str(uuid.uuid4())
+        try:
+            minted = issuer.mint(attempt_name(key, attempt))
+        except KeyLimitReached as exc:
+            raise Held(
+                f"the vendor says two keys are already active ({exc}); a rotation is in flight "
+                "elsewhere: not minting around it"
+            ) from None
+        k = minted.key
+        self.journal.append("minted", key=key, attempt=attempt, key_id=k.id, prefix=k.prefix,
+                            fingerprint=minted.value.fingerprint, reason=d.reason)
+        faults.checkpoint("after-mint", key)
+        first = stores[0]
+        first.stage(minted.value, Stamp(k.id, minted.value.fingerprint, attempt), expected=None)
+        self.journal.append("staged", key=key, attempt=attempt, key_id=k.id, targets=[first.name])
+        faults.checkpoint("after-stage-first", key)
+
+    def _stage(self, key: str, d: Decision) -> None:
+        assert d.version is not None and d.version.stamp is not None
+        stores = self.stores(key)
+        states = {i: stores[i].read() for i in d.targets}
+        version, stamp = d.version, d.version.stamp
+        cutover = self.spec.strategy(key) == "cutover"
+
+        def write(i: int) -> None:
+            stores[i].stage(version.value, stamp, expected=states[i].revision)
+            if cutover:  # a reset vendor's key is already live: no reason to keep it pending
+                stores[i].promote(stamp.attempt, self.clock())
+
+        _run_all(write, d.targets)
+        names = [stores[i].name for i in d.targets]
+        self.journal.append("promoted" if cutover else "staged", key=key, attempt=stamp.attempt,
+                            key_id=stamp.key_id, fingerprint=stamp.fingerprint, targets=names)
+        if cutover:
+            self._forget_credential(key)
+        faults.checkpoint("after-stage", key)
+
+    def _probe(self, key: str, value: Secret, what: str) -> None:
+        issuer = self.issuer(key)
+        deadline = time.monotonic() + self.settings.probe_timeout
+        delay = 0.2
+        while not issuer.probe(value):
+            if time.monotonic() >= deadline:
+                raise Held(
+                    f"{what}: the vendor rejects the new key (fingerprint {value.fingerprint}) "
+                    f"after {self.settings.probe_timeout:.0f}s of probing; the old key keeps serving"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    def _promote(self, key: str, d: Decision) -> None:
+        assert d.version is not None and d.version.stamp is not None and d.promoted_at is not None
+        stamp = d.version.stamp
+        self._probe(key, d.version.value, "not promoting")
+        stores = self.stores(key)
+        when = d.promoted_at
+        _run_all(lambda i: stores[i].promote(stamp.attempt, when), d.targets)
+        self._forget_credential(key)
+        self.journal.append("promoted", key=key, attempt=stamp.attempt, key_id=stamp.key_id,
+                            fingerprint=stamp.fingerprint, targets=[stores[i].name for i in d.targets])
+        faults.checkpoint("after-promote", key)
+
+    def _revoke(self, key: str, d: Decision) -> None:
+        assert d.key_id is not None
+        issuer = self.issuer(key)
+        if d.phase == "draining":
+            # invariant 1: the new key works and every target reads it back before any revoke
+            current = [s.read().current for s in self.stores(key)]
+            fps = {c.fingerprint if c else None for c in current}
+            if len(fps) != 1 or None in fps:
+                raise Held("not revoking: the targets no longer agree on the current key")
+            value = current[0]
+            assert value is not None
+            self._probe(key, value.value, "not revoking the old key")
+        revoked = issuer.revoke(d.key_id)
+        event = "revoked" if d.phase == "draining" else "orphan-revoked"
+        self.journal.append(event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason)
+        faults.checkpoint("after-revoke", key)
+
+    def _reset(self, key: str, d: Decision) -> None:
+        """Cutover: a reset revokes the old key at once, so every store is checked first and
+        the new value is written to the first store the moment it arrives."""
+        stores, issuer = self.stores(key), self.issuer(key)
+        current = self._credential(key)
+        _run_all(lambda i: stores[i].check_access(), range(len(stores)))
+        attempt = str(uuid.uuid4())
+        self.journal.append("reset-started", key=key, attempt=attempt, old_key_id=d.key_id)
+        faults.checkpoint("before-reset", key)
+        minted = issuer.mint(attempt_name(key, attempt), current=current)
+        started = time.monotonic()
+        faults.checkpoint("after-reset", key)
+        k, value = minted.key, minted.value
+        stamp = Stamp(k.id, value.fingerprint, attempt)
+        now = self.clock()
+        stores[0].stage(value, stamp, expected=None)
+        stores[0].promote(attempt, now)
+        first_write = time.monotonic() - started
+        _run_all(lambda i: (stores[i].stage(value, stamp, expected=None),
+                            stores[i].promote(attempt, now)), range(1, len(stores)))
+        window = time.monotonic() - started
+        self._forget_credential(key)
+        self.journal.append("reset", key=key, attempt=attempt, key_id=k.id, prefix=k.prefix,
+                            fingerprint=value.fingerprint, first_write_s=round(first_write, 3),
+                            window_s=round(window, 3), targets=[s.name for s in stores])
+        self._probe(key, value, "reset done but")
+        self.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
+        log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)
+
+
+def _read_target(store: SecretStore) -> TargetObs:
+    try:
+        state: TargetState = store.read()
+    except StoreError as exc:
+        return TargetObs(store.name, None, str(exc))
+    return TargetObs(store.name, state)
+
+
+def _run_all(fn: Callable[[int], object], indices: Sequence[int] | range) -> None:
+    """Run ``fn`` on every index in parallel; raise the first error after all have finished."""
+    items = list(indices)
+    if len(items) <= 1:
+        for i in items:
+            fn(i)
+        return
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            fn(i)
+        except (StoreError, VendorError, RotatorError) as exc:
+            errors.append(exc)
+
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        list(pool.map(guarded, items))
+    if errors:
+        raise errors[0]
