@@ -38,7 +38,9 @@ class Context:
 def _keys(spec: RotationFile, wanted: Sequence[str]) -> list[str]:
     unknown = [k for k in wanted if k not in spec.keys]
     if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(unknown)} (declared: {', '.join(spec.keys)})")
+        raise ConfigError(
+            f"unknown key(s): {', '.join(unknown)} (declared: {', '.join(spec.keys)})"
+        )
     return list(wanted) or list(spec.keys)
 
 
@@ -47,8 +49,13 @@ def _emit(data: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-f", "--file", "file", type=click.Path(path_type=Path),
-              help="The rotation file (default: $ROTATOR_FILE, then ./rotations.yaml).")
+@click.option(
+    "-f",
+    "--file",
+    "file",
+    type=click.Path(path_type=Path),
+    help="The rotation file (default: $ROTATOR_FILE, then ./rotations.yaml).",
+)
 @click.option("--debug", is_flag=True, help="Log every step and show tracebacks.")
 @click.version_option(__version__, prog_name="rotator")
 @click.pass_context
@@ -83,8 +90,18 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
     engine = obj.engine()
     decisions = engine.plan(_keys(engine.spec, keys))
     if output == "json":
-        _emit([{"key": k, "action": d.action, "phase": d.phase, "reason": d.reason,
-                "until": d.until.isoformat() if d.until else None} for k, d in decisions])
+        _emit(
+            [
+                {
+                    "key": k,
+                    "action": d.action,
+                    "phase": d.phase,
+                    "reason": d.reason,
+                    "until": d.until.isoformat() if d.until else None,
+                }
+                for k, d in decisions
+            ]
+        )
     else:
         for key, d in decisions:
             click.echo(f"{key}: {d.phase} -> {d.action}: {d.reason}")
@@ -94,8 +111,16 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
     sys.exit(EXIT_INVALID if detailed_exitcode and pending else EXIT_OK)
 
 
-def _run(obj: Context, keys: Sequence[str], *, force: bool, wait: bool, dry_run: bool,
-         parallel: int | None, output: str) -> NoReturn:
+def _run(
+    obj: Context,
+    keys: Sequence[str],
+    *,
+    force: bool,
+    wait: bool,
+    dry_run: bool,
+    parallel: int | None,
+    output: str,
+) -> NoReturn:
     engine = obj.engine()
     names = _keys(engine.spec, keys)
     if dry_run:
@@ -105,8 +130,9 @@ def _run(obj: Context, keys: Sequence[str], *, force: bool, wait: bool, dry_run:
     from rotator.progress import ProgressView
 
     with ProgressView(enabled=output == "text") as view:
-        results = engine.apply(names, force=force, wait=wait, parallel=parallel,
-                               progress=view.update)
+        results = engine.apply(
+            names, force=force, wait=wait, parallel=parallel, progress=view.update
+        )
     if output == "json":
         _emit([r.as_dict() for r in results])
     else:
@@ -117,8 +143,9 @@ def _run(obj: Context, keys: Sequence[str], *, force: bool, wait: bool, dry_run:
     sys.exit(EXIT_HELD if any(r.outcome == "held" for r in results) else EXIT_OK)
 
 
-_wait = click.option("--wait", is_flag=True,
-                     help="Keep polling through drain waits until every key is at rest.")
+_wait = click.option(
+    "--wait", is_flag=True, help="Keep polling through drain waits until every key is at rest."
+)
 _output = click.option("--output", type=click.Choice(["text", "json"]), default="text")
 
 
@@ -129,8 +156,14 @@ _output = click.option("--output", type=click.Choice(["text", "json"]), default=
 @click.option("--parallel", type=click.IntRange(1, 64), help="Keys reconciled at once.")
 @_output
 @click.pass_obj
-def apply(obj: Context, keys: tuple[str, ...], wait: bool, dry_run: bool, parallel: int | None,
-          output: str) -> None:
+def apply(
+    obj: Context,
+    keys: tuple[str, ...],
+    wait: bool,
+    dry_run: bool,
+    parallel: int | None,
+    output: str,
+) -> None:
     """One reconcile pass. Exit 0 ok or waiting, 1 a key failed, 3 a key is held."""
     _run(obj, keys, force=False, wait=wait, dry_run=dry_run, parallel=parallel, output=output)
 
@@ -169,7 +202,9 @@ def status(obj: Context, key: str | None, output: str) -> None:
         click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
         for k in row.get("vendor_keys", []):
             used = k["last_used_at"] or "never"
-            click.echo(f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}")
+            click.echo(
+                f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}"
+            )
         for t in row["targets"]:
             if t["error"]:
                 click.echo(f"  target  {t['name']}: ERROR {t['error']}")
@@ -207,8 +242,11 @@ def audit_verify(obj: Context) -> None:
 
 @cli.command()
 @click.option("--drain", default="3s", show_default=True, help="Drain period of the demo rotation.")
-@click.option("--keep", type=click.Path(path_type=Path),
-              help="Run in this directory and keep it (default: a temporary one).")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path),
+    help="Run in this directory and keep it (default: a temporary one).",
+)
 def sandbox(drain: str, keep: Path | None) -> None:
     """The embedded demo: an emulated vendor, a file store, a live consumer and one full
     overlap rotation (mint, stage, promote, drain, revoke), with a summary at the end."""

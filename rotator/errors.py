@@ -31,7 +31,7 @@ class RotatorError(Exception):
     """Base of every error the rotator raises on purpose."""
 
 
-class Transient(RotatorError):  # noqa: N818 - a mixin naming a property, not an error by itself
+class Transient(RotatorError):
     """Mixin: the operation may succeed if repeated later."""
 
     retry_after: float | None = None
@@ -76,9 +76,7 @@ class StoreFormatError(StoreError):
 class VendorError(RotatorError):
     """The vendor answered with an error. ``status`` and ``code`` come from its answer."""
 
-    def __init__(
-        self, message: str, *, status: int | None = None, code: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -123,11 +121,11 @@ class VerificationFailed(RotatorError):
     """A check that must pass before a revoke did not pass."""
 
 
-class Held(RotatorError):  # noqa: N818 - a state, named as DESIGN.md names it
+class Held(RotatorError):
     """The key needs a person. ``reason`` says why and what to do."""
 
 
-class LeaseBusy(RotatorError):  # noqa: N818 - a state, not a failure
+class LeaseBusy(RotatorError):
     """Another runner holds the lease on this key."""
 
     def __init__(self, key: str, holder: str) -> None:

@@ -52,12 +52,13 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return hashlib.sha256(self._value.encode()).digest() == hashlib.sha256(
-            other._value.encode()
-        ).digest()
+        return (
+            hashlib.sha256(self._value.encode()).digest()
+            == hashlib.sha256(other._value.encode()).digest()
+        )
 
     def __hash__(self) -> int:
         return hash(self.fingerprint)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("a Secret is never pickled")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic_core import ErrorDetails
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -179,9 +180,9 @@ class VaultAuth(_Model):
 
     method: Literal["token", "approle", "kubernetes"] = "token"
     mount: str | None = None
-    token_env: str = "VAULT_TOKEN"
+    token_env: str = "VAULT_TOKEN"  # noqa: S105 - the name of a variable, not a token
     role_id_env: str = "VAULT_ROLE_ID"
-    secret_id_env: str = "VAULT_SECRET_ID"
+    secret_id_env: str = "VAULT_SECRET_ID"  # noqa: S105 - a variable name
     role: str | None = None
     jwt_path: str = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -347,7 +348,7 @@ def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> in
     return None
 
 
-def _describe(err: dict[str, Any], lines: dict[tuple[Any, ...], int], source: str) -> str:
+def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int], source: str) -> str:
     # pydantic puts the discriminator tag ("file", "aws"...) into loc for union members: drop it
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
     path = ".".join(str(p) for p in loc) or "(top level)"
@@ -379,7 +380,9 @@ def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFi
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if not isinstance(data, dict) or node is None:
-        raise ConfigError(f"{source}: the rotation file must be a mapping with version, issuers, keys")
+        raise ConfigError(
+            f"{source}: the rotation file must be a mapping with version, issuers, keys"
+        )
     lines = _line_index(node)
     try:
         return RotationFile.model_validate(data)

@@ -13,35 +13,61 @@ from rotator.spec import VerifyPolicy
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 OVERLAP = Capabilities(max_active=2, overlap=True, prefix_len=13)
 RESET = Capabilities(max_active=1, overlap=False, prefix_len=12)
-POLICY = VerifyPolicy(drain=timedelta(minutes=15), propagation=timedelta(minutes=2),
-                      timeout=timedelta(hours=24))
+POLICY = VerifyPolicy(
+    drain=timedelta(minutes=15), propagation=timedelta(minutes=2), timeout=timedelta(hours=24)
+)
 
 
 def raw(n: int) -> Secret:
     return Secret(f"adj_agent_{n:04x}" + "0" * 44)
 
 
-def vkey(n: int, *, created: datetime = T0, active: bool = True, used: datetime | None = None,
-         ours: str | None = None) -> VendorKey:
+def vkey(
+    n: int,
+    *,
+    created: datetime = T0,
+    active: bool = True,
+    used: datetime | None = None,
+    ours: str | None = None,
+) -> VendorKey:
     return VendorKey(
-        id=f"key_{n}", prefix=raw(n).prefix(13), name=attempt_name("k", ours) if ours else "manual",
-        status="active" if active else "revoked", created_at=created, last_used_at=used,
+        id=f"key_{n}",
+        prefix=raw(n).prefix(13),
+        name=attempt_name("k", ours) if ours else "manual",
+        status="active" if active else "revoked",
+        created_at=created,
+        last_used_at=used,
     )
 
 
-def version(n: int, *, attempt: str | None = "a", promoted: datetime | None = None) -> StoredVersion:
+def version(
+    n: int, *, attempt: str | None = "a", promoted: datetime | None = None
+) -> StoredVersion:
     stamp = Stamp(f"key_{n}", raw(n).fingerprint, attempt, promoted) if attempt else None
     return StoredVersion(str(n), raw(n), stamp)
 
 
-def obs(vendor: list[VendorKey], targets: list[TargetState], *, now: datetime = T0 + timedelta(days=1),
-        policy: VerifyPolicy = POLICY, force: bool = False, caps: Capabilities = OVERLAP,
-        bootstrap: Secret | None = None) -> Observation:
+def obs(
+    vendor: list[VendorKey],
+    targets: list[TargetState],
+    *,
+    now: datetime = T0 + timedelta(days=1),
+    policy: VerifyPolicy = POLICY,
+    force: bool = False,
+    caps: Capabilities = OVERLAP,
+    bootstrap: Secret | None = None,
+) -> Observation:
     return Observation(
-        key="k", now=now, vendor=tuple(vendor),
+        key="k",
+        now=now,
+        vendor=tuple(vendor),
         targets=tuple(TargetObs(f"t{i}", s) for i, s in enumerate(targets)),
-        capabilities=caps, strategy="overlap" if caps.overlap else "cutover", policy=policy,
-        max_age=timedelta(days=30), force=force, bootstrap=bootstrap,
+        capabilities=caps,
+        strategy="overlap" if caps.overlap else "cutover",
+        policy=policy,
+        max_age=timedelta(days=30),
+        force=force,
+        bootstrap=bootstrap,
     )
 
 
@@ -65,16 +91,24 @@ def test_unreadable_target_stops_everything() -> None:
 
 def test_orphan_is_revoked() -> None:
     """A key minted by an attempt but stored nowhere, newer than the stored one: revoke it."""
-    d = decide(obs([vkey(1), vkey(2, created=T0 + timedelta(hours=1), ours="x")],
-                   [TargetState(version(1, promoted=T0), None)]))
+    d = decide(
+        obs(
+            [vkey(1), vkey(2, created=T0 + timedelta(hours=1), ours="x")],
+            [TargetState(version(1, promoted=T0), None)],
+        )
+    )
     assert (d.action, d.key_id) == ("revoke", "key_2")
     assert "orphan" in d.reason
 
 
 def test_manual_extra_key_is_never_revoked_as_orphan() -> None:
     """A newer key the rotator did not mint is held for a person, not revoked."""
-    d = decide(obs([vkey(1), vkey(2, created=T0 + timedelta(hours=1))],
-                   [TargetState(version(1, promoted=T0), None)]))
+    d = decide(
+        obs(
+            [vkey(1), vkey(2, created=T0 + timedelta(hours=1))],
+            [TargetState(version(1, promoted=T0), None)],
+        )
+    )
     assert d.action == "hold"
     assert "not minted by the rotator" in d.reason
 
@@ -95,15 +129,28 @@ def test_partial_promote_keeps_first_promotion_time() -> None:
     """If one target was promoted before a crash, the rest get the same promoted_at."""
     new = vkey(2, created=T0 + timedelta(hours=1), ours="b")
     p = T0 + timedelta(hours=2)
-    d = decide(obs([vkey(1), new], [TargetState(version(2, attempt="b", promoted=p), None),
-                                    TargetState(version(1, promoted=T0), version(2, attempt="b"))]))
+    d = decide(
+        obs(
+            [vkey(1), new],
+            [
+                TargetState(version(2, attempt="b", promoted=p), None),
+                TargetState(version(1, promoted=T0), version(2, attempt="b")),
+            ],
+        )
+    )
     assert (d.action, d.targets, d.promoted_at) == ("promote", (1,), p)
 
 
 def _drained(now: datetime, used: datetime | None, policy: VerifyPolicy = POLICY) -> str:
     p = T0 + timedelta(hours=2)
-    d = decide(obs([vkey(1, used=used), vkey(2, created=T0 + timedelta(hours=1), ours="b")],
-                   [TargetState(version(2, attempt="b", promoted=p), None)], now=now, policy=policy))
+    d = decide(
+        obs(
+            [vkey(1, used=used), vkey(2, created=T0 + timedelta(hours=1), ours="b")],
+            [TargetState(version(2, attempt="b", promoted=p), None)],
+            now=now,
+            policy=policy,
+        )
+    )
     return d.action
 
 
@@ -170,8 +217,13 @@ def _reset_raw(n: int) -> Secret:
 
 
 def _app(n: int) -> VendorKey:
-    return VendorKey(id=f"app@{_reset_raw(n).prefix(12)}", prefix=_reset_raw(n).prefix(12),
-                     name="app", status="active", created_at=T0)
+    return VendorKey(
+        id=f"app@{_reset_raw(n).prefix(12)}",
+        prefix=_reset_raw(n).prefix(12),
+        name="app",
+        status="active",
+        created_at=T0,
+    )
 
 
 def test_cutover_due_resets() -> None:

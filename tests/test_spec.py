@@ -69,16 +69,34 @@ def test_design_example_parses() -> None:
     ("change", "expected"),
     [
         (("drain: 15m", "drain: 15x"), "r.yaml:5: defaults.verify.drain: '15x' is not a duration"),
-        (("region: eu-west-1}", "region: eu-west-1, colour: red}"),
-         "r.yaml:35: keys.lendsqr-app.targets.0.colour: unknown field"),
+        (
+            ("region: eu-west-1}", "region: eu-west-1, colour: red}"),
+            "r.yaml:35: keys.lendsqr-app.targets.0.colour: unknown field",
+        ),
         (("issuer: lendsqr\n", "issuer: nobody\n"), "unknown issuer 'nobody'"),
-        (("    targets:\n      - {type: aws, secret_id: prod/lendsqr", "    targets: []\n    x:\n      - {type: aws, secret_id: prod/lendsqr"),
-         "keys.lendsqr-app.targets: List should have at least 1 item"),
-        (("{type: gcp,   project: acme-prod, secret: adjudon-api-key}", "{type: gcp, project: acme-prod}"),
-         "r.yaml:30: keys.payments.targets.2.secret: required field is missing"),
-        (("schedule: \"0 3 * * MON\"", "schedule: \"0 3 * * FUNDAY\""), "keys.payments.schedule"),
-        (("type: adjutor", "type: adjudicator"), "r.yaml:11: issuers.lendsqr: Input tag 'adjudicator'"),
-        (("credential: {key: adjudon-admin}", "credential: {key: nobody}"), "no key named 'nobody'"),
+        (
+            (
+                "    targets:\n      - {type: aws, secret_id: prod/lendsqr",
+                "    targets: []\n    x:\n      - {type: aws, secret_id: prod/lendsqr",
+            ),
+            "keys.lendsqr-app.targets: List should have at least 1 item",
+        ),
+        (
+            (
+                "{type: gcp,   project: acme-prod, secret: adjudon-api-key}",
+                "{type: gcp, project: acme-prod}",
+            ),
+            "r.yaml:30: keys.payments.targets.2.secret: required field is missing",
+        ),
+        (('schedule: "0 3 * * MON"', 'schedule: "0 3 * * FUNDAY"'), "keys.payments.schedule"),
+        (
+            ("type: adjutor", "type: adjudicator"),
+            "r.yaml:11: issuers.lendsqr: Input tag 'adjudicator'",
+        ),
+        (
+            ("credential: {key: adjudon-admin}", "credential: {key: nobody}"),
+            "no key named 'nobody'",
+        ),
         (("    agent_id: payments\n", ""), "kind agent needs an agent_id"),
         (("version: 1", "version: 2"), "r.yaml:1: version"),
     ],
@@ -101,7 +119,7 @@ def test_every_problem_is_listed() -> None:
 
 def test_yaml_syntax_error_has_line() -> None:
     """Broken YAML is one error with the line of the problem."""
-    assert _error("version: 1\nissuers: {a: [\n") .startswith("r.yaml:3: not valid YAML")
+    assert _error("version: 1\nissuers: {a: [\n").startswith("r.yaml:3: not valid YAML")
 
 
 def test_duplicate_keys_are_errors() -> None:
@@ -117,7 +135,10 @@ def test_not_a_mapping() -> None:
 
 def test_overlap_refused_for_reset_vendor() -> None:
     """A reset-only vendor cannot overlap; asking for it is an error, not a silent cutover."""
-    text = GOOD.replace("      - {type: aws, secret_id: prod/lendsqr", "    strategy: overlap\n    targets:\n      - {type: aws, secret_id: prod/lendsqr").replace("    issuer: lendsqr\n    targets:\n", "    issuer: lendsqr\n")
+    text = GOOD.replace(
+        "      - {type: aws, secret_id: prod/lendsqr",
+        "    strategy: overlap\n    targets:\n      - {type: aws, secret_id: prod/lendsqr",
+    ).replace("    issuer: lendsqr\n    targets:\n", "    issuer: lendsqr\n")
     assert "overlap is impossible" in _error(text)
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from rotator.abc import Stamp, StoredVersion, TargetState, VendorKey
-from rotator.engine.model import Decision, Observation, attempt_of
+from rotator.engine.model import Decision, Observation, Phase, attempt_of
 from rotator.secret import Secret
 from rotator.spec import format_duration
 
@@ -51,7 +51,9 @@ def decide(obs: Observation) -> Decision:
     broken = [t for t in obs.targets if t.state is None]
     if broken:
         names = "; ".join(f"{t.name}: {t.error}" for t in broken)
-        return Decision("fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}")
+        return Decision(
+            "fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}"
+        )
     if obs.strategy == "cutover":
         return _decide_cutover(obs)
     return _decide_overlap(obs)
@@ -93,7 +95,9 @@ def _stamped(version: StoredVersion, key: VendorKey) -> StoredVersion:
     stamp = version.stamp
     if stamp is None:  # adopted: stamped from now on
         stamp = Stamp(key.id, version.fingerprint, adoption_attempt(key.id))
-    return StoredVersion(version.version, version.value, Stamp(stamp.key_id, stamp.fingerprint, stamp.attempt))
+    return StoredVersion(
+        version.version, version.value, Stamp(stamp.key_id, stamp.fingerprint, stamp.attempt)
+    )
 
 
 def _due_reason(obs: Observation, key: VendorKey) -> str | None:
@@ -115,8 +119,11 @@ def _steady(obs: Observation, key: VendorKey, action: str) -> Decision:
         if obs.next_schedule_fire is not None:
             due_at = min(due_at, obs.next_schedule_fire)
         return Decision(
-            "done", "current", f"{show(key)} is current everywhere; next due {when(due_at)}",
-            until=due_at, key_id=key.id,
+            "done",
+            "current",
+            f"{show(key)} is current everywhere; next due {when(due_at)}",
+            until=due_at,
+            key_id=key.id,
         )
     return Decision(action, "due", reason, key_id=key.id)  # type: ignore[arg-type]
 
@@ -142,7 +149,8 @@ def _decide_overlap(obs: Observation) -> Decision:
             continue
         if newest_stored is None or k.created_at > newest_stored:
             return Decision(
-                "revoke", "minted",
+                "revoke",
+                "minted",
                 f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
                 key_id=k.id,
             )
@@ -152,13 +160,17 @@ def _decide_overlap(obs: Observation) -> Decision:
         if len(active) >= obs.capabilities.max_active:
             names = ", ".join(show(k) for k in active)
             return Decision(
-                "hold", "held",
+                "hold",
+                "held",
                 f"no target holds a working key and the scope already has {len(active)} active "
                 f"keys the rotator does not hold ({names}); not minting around them",
             )
         held = [v for s in states for v in _versions(s)]
-        why = ("the stored key is unknown to or revoked by the vendor" if held
-               else "first run: no target holds a key")
+        why = (
+            "the stored key is unknown to or revoked by the vendor"
+            if held
+            else "first run: no target holds a key"
+        )
         return Decision("mint", "due", why)
 
     new_key, new_version = max(live, key=lambda kv: kv[0].created_at)
@@ -166,20 +178,30 @@ def _decide_overlap(obs: Observation) -> Decision:
     missing = tuple(i for i, s in enumerate(states) if not _holds(s, fp))
     if missing:
         return Decision(
-            "stage", "minted", f"{show(new_key)} is not yet staged in {len(missing)} target(s)",
-            targets=missing, version=_stamped(new_version, new_key), key_id=new_key.id,
+            "stage",
+            "minted",
+            f"{show(new_key)} is not yet staged in {len(missing)} target(s)",
+            targets=missing,
+            version=_stamped(new_version, new_key),
+            key_id=new_key.id,
         )
     not_current = tuple(i for i, s in enumerate(states) if not _is_current(s, fp))
     promoted = [
-        s.current.stamp.promoted_at for s in states
-        if s.current is not None and s.current.fingerprint == fp
-        and s.current.stamp is not None and s.current.stamp.promoted_at is not None
+        s.current.stamp.promoted_at
+        for s in states
+        if s.current is not None
+        and s.current.fingerprint == fp
+        and s.current.stamp is not None
+        and s.current.stamp.promoted_at is not None
     ]
     if not_current:
         return Decision(
-            "promote", "staged",
+            "promote",
+            "staged",
             f"{show(new_key)} is staged everywhere, not yet current in {len(not_current)} target(s)",
-            targets=not_current, version=_stamped(new_version, new_key), key_id=new_key.id,
+            targets=not_current,
+            version=_stamped(new_version, new_key),
+            key_id=new_key.id,
             promoted_at=min(promoted, default=obs.now),
         )
 
@@ -187,14 +209,16 @@ def _decide_overlap(obs: Observation) -> Decision:
     newer = [k for k in others if k.created_at > new_key.created_at]
     if newer:
         return Decision(
-            "hold", "held",
+            "hold",
+            "held",
             f"active key {show(newer[0])} is newer than the current key, is in no target and was "
             "not minted by the rotator; revoke it by hand if it is not needed",
         )
     if others:
         if not promoted:
             return Decision(
-                "hold", "held",
+                "hold",
+                "held",
                 f"key {show(others[0])} is active beside the adopted current key {show(new_key)}, "
                 "and the rotator never promoted either; revoke it by hand or run `rotator rotate`",
             )
@@ -215,31 +239,39 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
     if obs.now >= ready_at and new_ok:
         used = f"last used {when(last)}" if last else "never used"
         return Decision(
-            "revoke", "draining",
+            "revoke",
+            "draining",
             f"old key {show(old)} drained: {used}, quiet for {format_duration(policy.drain)} "
             f"after promotion at {when(promoted_at)} + propagation",
-            key_id=old.id, promoted_at=promoted_at,
+            key_id=old.id,
+            promoted_at=promoted_at,
         )
     if obs.now >= deadline:
         if last is not None and last > quiet_from:
-            failed = f"old key {show(old)} was still used at {when(last)}, after the propagation budget"
+            failed = (
+                f"old key {show(old)} was still used at {when(last)}, after the propagation budget"
+            )
         elif not new_ok:
             failed = f"new key {show(new)} has not been used since promotion at {when(promoted_at)}"
         else:
             failed = f"old key {show(old)} has not been quiet for {format_duration(policy.drain)}"
         if policy.on_timeout == "revoke":
             return Decision(
-                "revoke", "draining",
+                "revoke",
+                "draining",
                 f"drain timeout ({format_duration(policy.timeout)}) and on_timeout: revoke; {failed}",
-                key_id=old.id, promoted_at=promoted_at,
+                key_id=old.id,
+                promoted_at=promoted_at,
             )
         return Decision(
-            "hold", "held",
+            "hold",
+            "held",
             f"drain timeout ({format_duration(policy.timeout)} since {when(promoted_at)}): {failed}; "
             "the old key stays active. Move its consumers and run `rotator apply`, or revoke it by hand",
-            key_id=old.id, promoted_at=promoted_at,
+            key_id=old.id,
+            promoted_at=promoted_at,
         )
-    phase = "promoted" if obs.now < quiet_from else "draining"
+    phase: Phase = "promoted" if obs.now < quiet_from else "draining"
     if not new_ok and obs.now >= ready_at:
         reason = f"waiting for traffic on the new key {show(new)} (require_new_traffic)"
     elif last is not None and last > quiet_from:
@@ -247,8 +279,12 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
     else:
         reason = f"draining old key {show(old)} until {when(ready_at)}"
     return Decision(
-        "wait", phase, reason, until=min(max(ready_at, obs.now), deadline),
-        key_id=old.id, promoted_at=promoted_at,
+        "wait",
+        phase,
+        reason,
+        until=min(max(ready_at, obs.now), deadline),
+        key_id=old.id,
+        promoted_at=promoted_at,
     )
 
 
@@ -263,7 +299,8 @@ def _decide_cutover(obs: Observation) -> Decision:
         if stored or obs.bootstrap is not None:
             return Decision("hold", "held", _lost_reset_help(obs))
         return Decision(
-            "hold", "held",
+            "hold",
+            "held",
             "a reset-only vendor cannot mint without the current key: put it in a target or give it "
             "once with `bootstrap: {env: NAME}`",
         )
@@ -273,8 +310,12 @@ def _decide_cutover(obs: Observation) -> Decision:
     if not holding and obs.bootstrap is not None and obs.bootstrap.prefix(n) == current.prefix:
         boot = StoredVersion("bootstrap", obs.bootstrap, None)
         return Decision(
-            "stage", "reset", f"adopting {show(current)} from bootstrap",
-            targets=tuple(range(len(states))), version=_stamped(boot, current), key_id=current.id,
+            "stage",
+            "reset",
+            f"adopting {show(current)} from bootstrap",
+            targets=tuple(range(len(states))),
+            version=_stamped(boot, current),
+            key_id=current.id,
         )
     if not holding:
         return Decision("hold", "held", _lost_reset_help(obs, current))
@@ -283,8 +324,12 @@ def _decide_cutover(obs: Observation) -> Decision:
     lagging = tuple(i for i, s in enumerate(states) if not _is_current(s, fp))
     if lagging:
         return Decision(
-            "stage", "reset", f"{show(current)} is not yet current in {len(lagging)} target(s)",
-            targets=lagging, version=_stamped(version, current), key_id=current.id,
+            "stage",
+            "reset",
+            f"{show(current)} is not yet current in {len(lagging)} target(s)",
+            targets=lagging,
+            version=_stamped(version, current),
+            key_id=current.id,
         )
     return _steady(obs, current, "reset")
 

@@ -10,13 +10,13 @@ import os
 import signal
 
 CHECKPOINTS = (
-    "after-mint",          # minted at the vendor, nothing stored yet (an orphan if we die)
-    "after-stage-first",   # durable in the first target
-    "after-stage",         # staged in every target
-    "after-promote",       # current everywhere, old key still active
-    "after-revoke",        # old key revoked
-    "before-reset",        # cutover: attempt on record, reset not sent
-    "after-reset",         # cutover: old key revoked by the vendor, new value only in memory
+    "after-mint",  # minted at the vendor, nothing stored yet (an orphan if we die)
+    "after-stage-first",  # durable in the first target
+    "after-stage",  # staged in every target
+    "after-promote",  # current everywhere, old key still active
+    "after-revoke",  # old key revoked
+    "before-reset",  # cutover: attempt on record, reset not sent
+    "after-reset",  # cutover: old key revoked by the vendor, new value only in memory
 )
 
 

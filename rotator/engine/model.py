@@ -13,8 +13,17 @@ from rotator.spec import VerifyPolicy
 Strategy = Literal["overlap", "cutover"]
 Action = Literal["mint", "reset", "stage", "promote", "revoke", "wait", "hold", "fail", "done"]
 Phase = Literal[
-    "current", "due", "minted", "staged", "promoted", "draining", "revoked", "reset",
-    "verified", "held", "failed",
+    "current",
+    "due",
+    "minted",
+    "staged",
+    "promoted",
+    "draining",
+    "revoked",
+    "reset",
+    "verified",
+    "held",
+    "failed",
 ]
 
 

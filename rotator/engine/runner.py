@@ -58,8 +58,11 @@ class KeyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "key": self.key, "outcome": self.outcome, "phase": self.phase,
-            "message": self.message, "steps": self.steps,
+            "key": self.key,
+            "outcome": self.outcome,
+            "phase": self.phase,
+            "message": self.message,
+            "steps": self.steps,
             "until": self.until.isoformat() if self.until else None,
         }
 
@@ -123,8 +126,9 @@ class Engine:
                 from rotator.vendors import RetryPolicy, make_issuer
 
                 s = self.settings
-                retry = RetryPolicy(attempts=s.retry_attempts, initial=s.retry_initial,
-                                    max_total=s.retry_max_total)
+                retry = RetryPolicy(
+                    attempts=s.retry_attempts, initial=s.retry_initial, max_total=s.retry_max_total
+                )
 
                 def factory(*a: Any, **kw: Any) -> Issuer:
                     return make_issuer(*a, retry=retry, **kw)
@@ -145,7 +149,9 @@ class Engine:
             name = issuer_spec.credential.env
             value = os.environ.get(name)
             if not value:
-                raise RotatorError(f"issuer {self.spec.keys[key].issuer}: environment variable {name} is not set")
+                raise RotatorError(
+                    f"issuer {self.spec.keys[key].issuer}: environment variable {name} is not set"
+                )
             return Secret(value)
         else:
             assert isinstance(issuer_spec.credential, KeyRef)
@@ -159,7 +165,9 @@ class Engine:
             else:
                 boot = self._bootstrap(ref)
                 if boot is None:
-                    raise RotatorError(f"key {ref}: no target holds a current value to authenticate with")
+                    raise RotatorError(
+                        f"key {ref}: no target holds a current value to authenticate with"
+                    )
                 self._credentials[ref] = boot
         return self._credentials[ref]
 
@@ -174,7 +182,8 @@ class Engine:
     def credential_keys(self) -> set[str]:
         """Keys that are some issuer's management credential: rotated after the others."""
         return {
-            i.credential.key for i in self.spec.issuers.values()
+            i.credential.key
+            for i in self.spec.issuers.values()
             if not isinstance(i, AdjutorIssuerSpec) and isinstance(i.credential, KeyRef)
         }
 
@@ -199,10 +208,17 @@ class Engine:
             trigger = CronTrigger.from_crontab(spec.schedule, timezone="UTC")
             fire = trigger.get_next_fire_time(None, newest + timedelta(microseconds=1))
         return Observation(
-            key=key, now=self.clock(), vendor=vendor, targets=targets,
-            capabilities=issuer.capabilities, strategy=self.spec.strategy(key),
-            policy=self.spec.verify(key), max_age=self.spec.max_age(key),
-            next_schedule_fire=fire, force=force, bootstrap=bootstrap,
+            key=key,
+            now=self.clock(),
+            vendor=vendor,
+            targets=targets,
+            capabilities=issuer.capabilities,
+            strategy=self.spec.strategy(key),
+            policy=self.spec.verify(key),
+            max_age=self.spec.max_age(key),
+            next_schedule_fire=fire,
+            force=force,
+            bootstrap=bootstrap,
         )
 
     def _list_with_stored_key(
@@ -296,12 +312,17 @@ class Engine:
                 decision = Decision("fail", "failed", str(exc))
                 break
         else:
-            decision = Decision("fail", "failed", f"no rest after {MAX_STEPS} steps; last: {decision.reason}")
+            decision = Decision(
+                "fail", "failed", f"no rest after {MAX_STEPS} steps; last: {decision.reason}"
+            )
         if decision.action in ("hold", "fail"):
-            self.journal.append("held" if decision.action == "hold" else "failed",
-                                key=key, reason=decision.reason)
+            self.journal.append(
+                "held" if decision.action == "hold" else "failed", key=key, reason=decision.reason
+            )
             log.warning("%s: %s", key, decision.reason)
-        return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
+        return KeyResult(
+            key, _outcome(decision), decision.phase, decision.reason, steps, decision.until
+        )
 
     def _sleep_until(self, until: datetime | None) -> None:
         now = self.clock()
@@ -330,8 +351,15 @@ class Engine:
                 "elsewhere: not minting around it"
             ) from None
         k = minted.key
-        self.journal.append("minted", key=key, attempt=attempt, key_id=k.id, prefix=k.prefix,
-                            fingerprint=minted.value.fingerprint, reason=d.reason)
+        self.journal.append(
+            "minted",
+            key=key,
+            attempt=attempt,
+            key_id=k.id,
+            prefix=k.prefix,
+            fingerprint=minted.value.fingerprint,
+            reason=d.reason,
+        )
         faults.checkpoint("after-mint", key)
         first = stores[0]
         first.stage(minted.value, Stamp(k.id, minted.value.fingerprint, attempt), expected=None)
@@ -352,8 +380,14 @@ class Engine:
 
         _run_all(write, d.targets)
         names = [stores[i].name for i in d.targets]
-        self.journal.append("promoted" if cutover else "staged", key=key, attempt=stamp.attempt,
-                            key_id=stamp.key_id, fingerprint=stamp.fingerprint, targets=names)
+        self.journal.append(
+            "promoted" if cutover else "staged",
+            key=key,
+            attempt=stamp.attempt,
+            key_id=stamp.key_id,
+            fingerprint=stamp.fingerprint,
+            targets=names,
+        )
         if cutover:
             self._forget_credential(key)
         faults.checkpoint("after-stage", key)
@@ -379,8 +413,14 @@ class Engine:
         when = d.promoted_at
         _run_all(lambda i: stores[i].promote(stamp.attempt, when), d.targets)
         self._forget_credential(key)
-        self.journal.append("promoted", key=key, attempt=stamp.attempt, key_id=stamp.key_id,
-                            fingerprint=stamp.fingerprint, targets=[stores[i].name for i in d.targets])
+        self.journal.append(
+            "promoted",
+            key=key,
+            attempt=stamp.attempt,
+            key_id=stamp.key_id,
+            fingerprint=stamp.fingerprint,
+            targets=[stores[i].name for i in d.targets],
+        )
         faults.checkpoint("after-promote", key)
 
     def _revoke(self, key: str, d: Decision) -> None:
@@ -397,7 +437,9 @@ class Engine:
             self._probe(key, value.value, "not revoking the old key")
         revoked = issuer.revoke(d.key_id)
         event = "revoked" if d.phase == "draining" else "orphan-revoked"
-        self.journal.append(event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason)
+        self.journal.append(
+            event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason
+        )
         faults.checkpoint("after-revoke", key)
 
     def _reset(self, key: str, d: Decision) -> None:
@@ -415,16 +457,27 @@ class Engine:
         k, value = minted.key, minted.value
         stamp = Stamp(k.id, value.fingerprint, attempt)
         now = self.clock()
-        stores[0].stage(value, stamp, expected=None)
-        stores[0].promote(attempt, now)
+
+        def write(i: int) -> None:
+            stores[i].stage(value, stamp, expected=None)
+            stores[i].promote(attempt, now)
+
+        write(0)
         first_write = time.monotonic() - started
-        _run_all(lambda i: (stores[i].stage(value, stamp, expected=None),
-                            stores[i].promote(attempt, now)), range(1, len(stores)))
+        _run_all(write, range(1, len(stores)))
         window = time.monotonic() - started
         self._forget_credential(key)
-        self.journal.append("reset", key=key, attempt=attempt, key_id=k.id, prefix=k.prefix,
-                            fingerprint=value.fingerprint, first_write_s=round(first_write, 3),
-                            window_s=round(window, 3), targets=[s.name for s in stores])
+        self.journal.append(
+            "reset",
+            key=key,
+            attempt=attempt,
+            key_id=k.id,
+            prefix=k.prefix,
+            fingerprint=value.fingerprint,
+            first_write_s=round(first_write, 3),
+            window_s=round(window, 3),
+            targets=[s.name for s in stores],
+        )
         self._probe(key, value, "reset done but")
         self.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
         log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)

@@ -18,26 +18,39 @@ def describe(obs: Observation, decision: Decision) -> dict[str, Any]:
         if t.state is not None:
             for slot in ("current", "pending"):
                 v = getattr(t.state, slot)
-                row[slot] = None if v is None else {
-                    "prefix": v.value.prefix(n) + "…",
-                    "fingerprint": v.fingerprint,
-                    "attempt": v.stamp.attempt if v.stamp else None,
-                    "promoted_at": when(v.stamp.promoted_at) if v.stamp and v.stamp.promoted_at else None,
-                }
+                row[slot] = (
+                    None
+                    if v is None
+                    else {
+                        "prefix": v.value.prefix(n) + "…",
+                        "fingerprint": v.fingerprint,
+                        "attempt": v.stamp.attempt if v.stamp else None,
+                        "promoted_at": when(v.stamp.promoted_at)
+                        if v.stamp and v.stamp.promoted_at
+                        else None,
+                    }
+                )
         targets.append(row)
     currents = {r["current"]["fingerprint"] for r in targets if r.get("current")}
     in_sync = len(currents) == 1 and all(r.get("current") for r in targets)
     keys = [
         {
-            "id": k.id, "prefix": k.prefix + "…", "status": k.status,
+            "id": k.id,
+            "prefix": k.prefix + "…",
+            "status": k.status,
             "age": format_duration(obs.now - k.created_at),
             "last_used_at": when(k.last_used_at) if k.last_used_at else None,
         }
         for k in sorted(obs.vendor, key=lambda k: k.created_at, reverse=True)
         if k.active
     ]
-    lagging = [r["name"] for r in targets if r["error"] or not r.get("current")
-               or (in_sync is False and r["current"]["fingerprint"] != _newest(targets))]
+    lagging = [
+        r["name"]
+        for r in targets
+        if r["error"]
+        or not r.get("current")
+        or (in_sync is False and r["current"]["fingerprint"] != _newest(targets))
+    ]
     return {
         "key": obs.key,
         "phase": decision.phase,
