@@ -83,8 +83,11 @@ class Consumer:
                     if not self.prefixes_seen or self.prefixes_seen[-1] != key[:13]:
                         self.prefixes_seen.append(key[:13])
                     try:
-                        r = client.post("/api/v1/traces", json={"event": "demo"},
-                                        headers={"Authorization": f"Bearer {key}"})
+                        r = client.post(
+                            "/api/v1/traces",
+                            json={"event": "demo"},
+                            headers={"Authorization": f"Bearer {key}"},
+                        )
                     except httpx.HTTPError:
                         self.other_failures += 1
                     else:
@@ -145,10 +148,13 @@ def _demo(console: Console, workdir: Path, drain: str) -> int:
         os.environ[CREDENTIAL_ENV] = emulator.bootstrap_workspace_key("sandbox-admin")
         text = ROTATION_FILE.format(drain=drain, url=server.url, env=CREDENTIAL_ENV, key=KEY)
         (workdir / "rotations.yaml").write_text(text)
+        (workdir / "secrets").mkdir(mode=0o700, exist_ok=True)
         spec = parse_rotation_file(text, "rotations.yaml")
         settings = Settings(retry_initial=0.05, probe_timeout=10)
-        console.print(f"[bold]rotator sandbox[/]: vendor emulator at {server.url}, "
-                      f"working directory {workdir}")
+        console.print(
+            f"[bold]rotator sandbox[/]: vendor emulator at {server.url}, "
+            f"working directory {workdir}"
+        )
 
         engine = Engine(spec, base_dir=workdir, settings=settings)
         console.print("[bold]1.[/] first pass: the target is empty, so a key is minted and stored")
@@ -174,18 +180,25 @@ def _demo(console: Console, workdir: Path, drain: str) -> int:
         revoked = [k for k in keys if k["prefix"] in old and k["status"] == "revoked"]
         new = [k["prefix"] for k in keys if k["status"] == "active" and k["type"] == "agent"]
         console.print("\n[bold]Summary[/]")
-        console.print(f"  old key prefix      {', '.join(old)}… ({'revoked' if revoked else 'STILL ACTIVE'})")
+        console.print(
+            f"  old key prefix      {', '.join(old)}… ({'revoked' if revoked else 'STILL ACTIVE'})"
+        )
         console.print(f"  new key prefix      {', '.join(new)}…")
         for label, seconds in clock.durations(end):
             console.print(f"  {label:<19} {seconds:6.2f}s")
         console.print(f"  total               {end:6.2f}s")
         console.print(f"  consumer requests   {consumer.requests}")
         console.print(f"  consumer auth failures  {consumer.auth_failures}")
-        console.print(f"  audit journal       {engine.journal.path.relative_to(workdir)}, "
-                      f"{engine.journal.verify().checked} entries, chain intact")
+        console.print(
+            f"  audit journal       {engine.journal.path.relative_to(workdir)}, "
+            f"{engine.journal.verify().checked} entries, chain intact"
+        )
         ok = result.outcome == "ok" and bool(revoked) and consumer.auth_failures == 0
-        console.print("[green]rotation complete, no consumer broken[/]" if ok
-                      else f"[red]rotation did not complete cleanly: {result.message}[/]")
+        console.print(
+            "[green]rotation complete, no consumer broken[/]"
+            if ok
+            else f"[red]rotation did not complete cleanly: {result.message}[/]"
+        )
         return 0 if ok else 1
 
 
