@@ -1,0 +1,62 @@
+"""Vendor clients behind :class:`rotator.abc.Issuer`.
+
+* :class:`AdjudonIssuer` - an overlap vendor: two keys per scope (workspace or agent).
+* :class:`AdjutorIssuer` - a reset vendor: one key per app, a reset revokes it.
+
+Both speak HTTP through :class:`rotator.vendors._http.VendorHTTP`, which owns
+TLS checks, error translation and bounded retries (:class:`RetryPolicy`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from rotator.abc import Issuer
+from rotator.errors import ConfigError
+from rotator.secret import Secret
+from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, IssuerSpec, KeySpec
+from rotator.vendors._http import RetryPolicy, VendorOutcomeUnknown
+from rotator.vendors.adjudon import AdjudonIssuer, ChainReport, ChainStatus
+from rotator.vendors.adjutor import AdjutorIssuer
+
+__all__ = [
+    "AdjudonIssuer",
+    "AdjutorIssuer",
+    "ChainReport",
+    "ChainStatus",
+    "RetryPolicy",
+    "VendorOutcomeUnknown",
+    "make_issuer",
+]
+
+
+def make_issuer(
+    spec: IssuerSpec,
+    key: KeySpec,
+    *,
+    credential: Callable[[], Secret],
+    http: httpx.Client | None = None,
+    retry: RetryPolicy | None = None,
+) -> Issuer:
+    """The issuer for ``key``, bound to its scope; named after ``key.issuer``.
+
+    ``credential`` is called for every request: the workspace key for Adjudon,
+    the app's current key for Adjútor.
+    """
+    timeout = spec.timeout.total_seconds()
+    if isinstance(spec, AdjudonIssuerSpec):
+        kind = key.kind or ("agent" if key.agent_id else "workspace")
+        return AdjudonIssuer(
+            key.issuer, spec.base_url, kind=kind, agent_id=key.agent_id,
+            credential=credential, timeout=timeout, http=http, retry=retry,
+        )
+    if isinstance(spec, AdjutorIssuerSpec):
+        if key.kind is not None:
+            raise ConfigError(f"{key.issuer}: adjutor keys have no kind")
+        return AdjutorIssuer(
+            key.issuer, spec.base_url, app_id=spec.app_id, credential=credential,
+            timeout=timeout, http=http, retry=retry,
+        )
+    raise ConfigError(f"{key.issuer}: no client for issuer type {spec.type!r}")
