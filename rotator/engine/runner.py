@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Issuer, SecretStore, Stamp, TargetState
+from rotator.abc import Issuer, SecretStore, Stamp, TargetState, format_time
 from rotator.audit import Journal
 from rotator.engine import faults
 from rotator.engine.decide import decide, show
@@ -419,6 +419,7 @@ class Engine:
             attempt=stamp.attempt,
             key_id=stamp.key_id,
             fingerprint=stamp.fingerprint,
+            promoted_at=format_time(when),
             targets=[stores[i].name for i in d.targets],
         )
         faults.checkpoint("after-promote", key)
