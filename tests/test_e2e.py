@@ -155,3 +155,15 @@ def test_validate_and_plan_exit_codes(tmp_path: Path, emulator: EmulatorServer, 
     bad = run_cli("validate", cwd=tmp_path, env=env)
     assert bad.returncode == 2
     assert "defaults.verify.drain" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sandbox_command(tmp_path: Path) -> None:
+    """`rotator sandbox` runs a full rotation and reports 0 consumer auth failures."""
+    proc = run_cli("sandbox", "--drain", "1s", "--keep", str(tmp_path / "demo"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "consumer auth failures  0" in proc.stdout
+    assert "(revoked)" in proc.stdout
+    for phase in ("due", "promoted", "draining", "revoking"):
+        assert f"  {phase} " in proc.stdout
+    new_key = read_dotenv_key(tmp_path / "demo/secrets/demo.env")
+    assert new_key is not None and new_key not in proc.stdout + proc.stderr

@@ -118,24 +118,23 @@ class PhaseClock:
 
     def __call__(self, key: str, decision: Decision) -> None:
         label = decision.phase if decision.action != "revoke" else "revoking"
+        if label == "current" and self.marks and self.marks[-1][0] == "revoking":
+            label = "revoked"
         if self.marks and self.marks[-1][0] == label:
             return
         t = time.monotonic() - self.start
         self.marks.append((label, t))
         self.console.print(redact(f"  {t:6.2f}s  {label:<9} {decision.reason}"), markup=False)
 
-    def durations(self, end: float) -> list[tuple[str, float]]:
-        out = []
-        for i, (label, t) in enumerate(self.marks):
-            nxt = self.marks[i + 1][1] if i + 1 < len(self.marks) else end
-            out.append((label, nxt - t))
-        return out
+    def durations(self) -> list[tuple[str, float]]:
+        """Time from each phase to the next; the last phase (at rest) has none."""
+        return [(label, self.marks[i + 1][1] - t) for i, (label, t) in enumerate(self.marks[:-1])]
 
 
 def run_demo(*, drain: str = "3s", directory: Path | None = None) -> int:
     """Run the demo; returns the process exit code (0 when the rotation broke no consumer)."""
     parse_duration(drain)  # a bad --drain is a ConfigError before anything starts
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="rotator-sandbox-") as tmp:
         workdir = directory or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +183,7 @@ def _demo(console: Console, workdir: Path, drain: str) -> int:
             f"  old key prefix      {', '.join(old)}… ({'revoked' if revoked else 'STILL ACTIVE'})"
         )
         console.print(f"  new key prefix      {', '.join(new)}…")
-        for label, seconds in clock.durations(end):
+        for label, seconds in clock.durations():
             console.print(f"  {label:<19} {seconds:6.2f}s")
         console.print(f"  total               {end:6.2f}s")
         console.print(f"  consumer requests   {consumer.requests}")
