@@ -75,6 +75,7 @@ def format_time(t: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``."""
     return _iso(t)
 
+
 # --------------------------------------------------------------------------- stores
 
 

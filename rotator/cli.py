@@ -24,6 +24,7 @@ class Context:
         self.settings = Settings()
         self.debug = debug or self.settings.debug
         self.file = file or self.settings.file
+        self._engine: Any = None
 
     def load(self) -> RotationFile:
         return load_rotation_file(self.file)
@@ -32,7 +33,12 @@ class Context:
         from rotator.engine.runner import Engine
 
         spec = self.load()
-        return Engine(spec, base_dir=self.file.resolve().parent, settings=self.settings)
+        self._engine = Engine(spec, base_dir=self.file.resolve().parent, settings=self.settings)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
 
 
 def _keys(spec: RotationFile, wanted: Sequence[str]) -> list[str]:
@@ -70,6 +76,7 @@ def cli(ctx: click.Context, file: Path | None, debug: bool) -> None:
     obj = Context(file, debug)
     configure(obj.settings.log_level, debug=obj.debug)
     ctx.obj = obj
+    ctx.call_on_close(obj.close)
 
 
 @cli.command()

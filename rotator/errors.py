@@ -15,6 +15,7 @@
     │   ├── VendorRejected          422 and other 4xx
     │   ├── VendorProtocolError     the answer is not what vendor-api.md promises
     │   └── VendorUnavailable*      429, 5xx, timeouts (transient)
+    │       └── VendorOutcomeUnknown  a mint or reset failed after it may have reached the vendor
     ├── VerificationFailed          a check before revoke did not pass
     ├── Held                        needs a person; never resolved by guessing
     └── LeaseBusy                   another runner holds this key's lease
@@ -115,6 +116,14 @@ class VendorUnavailable(VendorError, Transient):
     ) -> None:
         super().__init__(message, status=status, code=code)
         self.retry_after = retry_after
+
+
+class VendorOutcomeUnknown(VendorUnavailable):
+    """A non-idempotent request (mint, reset) failed after it may have reached the vendor.
+
+    Never retried: a retry could mint twice. For an overlap vendor the next pass finds the
+    orphan, if any; for a reset vendor the old key may already be revoked.
+    """
 
 
 class VerificationFailed(RotatorError):

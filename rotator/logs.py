@@ -6,9 +6,7 @@ import logging
 import re
 import sys
 
-KEY_PATTERNS = re.compile(
-    r"adj_live_[0-9a-f]{64}|adj_agent_[0-9a-f]{48}|sk_live_[A-Za-z0-9]{40}"
-)
+KEY_PATTERNS = re.compile(r"adj_live_[0-9a-f]{64}|adj_agent_[0-9a-f]{48}|sk_live_[A-Za-z0-9]{40}")
 
 
 def redact(text: str) -> str:

@@ -26,8 +26,13 @@ class ProgressView:
 
     def __enter__(self) -> ProgressView:
         if self.enabled and self.console.is_terminal:
-            self._live = Live(Text(""), console=self.console, refresh_per_second=4,
-                              transient=True, get_renderable=self._render)
+            self._live = Live(
+                Text(""),
+                console=self.console,
+                refresh_per_second=4,
+                transient=True,
+                get_renderable=self._render,
+            )
             self._live.start()
         return self
 
@@ -49,8 +54,10 @@ class ProgressView:
                 return
             self._last[key] = shown
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
-        self.console.print(redact(f"{stamp} {key}: {decision.phase} -> {decision.action}: {decision.reason}"),
-                           markup=False)
+        self.console.print(
+            redact(f"{stamp} {key}: {decision.phase} -> {decision.action}: {decision.reason}"),
+            markup=False,
+        )
 
     def _render(self) -> Text:
         now = datetime.now(UTC)

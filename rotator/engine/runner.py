@@ -28,6 +28,7 @@ from rotator.errors import (
     StoreError,
     VendorAuthError,
     VendorError,
+    VendorOutcomeUnknown,
 )
 from rotator.secret import Secret
 from rotator.spec import (
@@ -104,6 +105,20 @@ class Engine:
         self._stores: dict[str, list[SecretStore]] = {}
         self._issuers: dict[str, Issuer] = {}
         self._credentials: dict[str, Secret] = {}
+
+    def close(self) -> None:
+        """Close the vendor clients' connections."""
+        for issuer in self._issuers.values():
+            close = getattr(issuer, "close", None)
+            if close is not None:
+                close()
+        self._issuers.clear()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ wiring
 
@@ -452,7 +467,15 @@ class Engine:
         attempt = str(uuid.uuid4())
         self.journal.append("reset-started", key=key, attempt=attempt, old_key_id=d.key_id)
         faults.checkpoint("before-reset", key)
-        minted = issuer.mint(attempt_name(key, attempt), current=current)
+        try:
+            minted = issuer.mint(attempt_name(key, attempt), current=current)
+        except VendorOutcomeUnknown as exc:
+            raise Held(
+                f"the reset of attempt {attempt} may have reached the vendor but its answer was lost "
+                f"({exc}); the old key may already be revoked. Check the app in the vendor's "
+                "console: if its key prefix changed, reset it there and give the new key once "
+                "through `bootstrap: {env: NAME}`; then run `rotator apply`"
+            ) from None
         started = time.monotonic()
         faults.checkpoint("after-reset", key)
         k, value = minted.key, minted.value

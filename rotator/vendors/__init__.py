@@ -14,10 +14,10 @@ from collections.abc import Callable
 import httpx
 
 from rotator.abc import Issuer
-from rotator.errors import ConfigError
+from rotator.errors import ConfigError, VendorOutcomeUnknown
 from rotator.secret import Secret
 from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, IssuerSpec, KeySpec
-from rotator.vendors._http import RetryPolicy, VendorOutcomeUnknown
+from rotator.vendors._http import RetryPolicy
 from rotator.vendors.adjudon import AdjudonIssuer, ChainReport, ChainStatus
 from rotator.vendors.adjutor import AdjutorIssuer
 

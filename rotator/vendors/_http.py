@@ -32,6 +32,7 @@ from rotator.errors import (
     VendorAuthError,
     VendorError,
     VendorNotFound,
+    VendorOutcomeUnknown,
     VendorProtocolError,
     VendorRejected,
     VendorUnavailable,
@@ -63,10 +64,6 @@ class RetryPolicy:
     """Cap of one backoff (a longer Retry-After is still honoured)."""
     max_total: float = 120.0
     """Give up rather than wait more than this in all."""
-
-
-class VendorOutcomeUnknown(VendorUnavailable):
-    """A non-idempotent request failed after it may have reached the vendor; not retried."""
 
 
 def check_base_url(url: str, vendor: str) -> str:
