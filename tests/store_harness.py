@@ -41,3 +41,8 @@ class StoreHarness(Protocol):
     def denied_store(self, store: SecretStore) -> SecretStore:
         """A store for the same secret as ``store`` whose credentials may not read or write it."""
         ...
+
+    def reopen(self, store: SecretStore) -> SecretStore:
+        """A new store object for the same secret, sharing no state with ``store``
+        (a fresh process's view)."""
+        ...
