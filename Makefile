@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Offline checkers of deploy/ (checkov pins an older boto3, so they get a venv of their own)
+TOOLS  := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
 
 .PHONY: demo test lint bench clean
 
@@ -14,15 +17,21 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(TOOLS_STAMP): Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet 'checkov>=3.2' 'cfn-lint>=1.0' 'kubernetes-validate>=1.30'
+	touch $(TOOLS_STAMP)
+
 ## demo: the embedded sandbox (emulated vendor, file store, a consumer, a full rotation)
 demo: $(STAMP)
 	$(BIN)/rotator sandbox
 
 ## test: lint, type-check and the whole suite, with real local servers
-test: $(STAMP)
+test: $(STAMP) $(TOOLS_STAMP)
 	$(BIN)/ruff check rotator providers tests
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	ROTATOR_TOOLS_BIN=$(CURDIR)/$(TOOLS)/bin $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check rotator providers tests
@@ -30,4 +39,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic_core import ErrorDetails
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -22,6 +21,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rotator.errors import ConfigError
@@ -244,9 +244,30 @@ class KeySpec(_Model):
 # --------------------------------------------------------------------------- the file
 
 
+class FileLeaseSpec(_Model):
+    """A lock file per key in ``state_dir/locks`` (one machine, or a shared local disk)."""
+
+    type: Literal["file"] = "file"
+
+
+class DynamoDBLeaseSpec(_Model):
+    """A lease per key in a DynamoDB table: holds across machines (CronJob, Lambda, people)."""
+
+    type: Literal["dynamodb"]
+    table: str = Field(min_length=3)
+    region: str | None = None
+    endpoint_url: str | None = None
+    ttl: Duration = timedelta(minutes=5)
+    """A lease not renewed for this long is taken over (its holder is presumed dead)."""
+
+
+LeaseSpec = Annotated[FileLeaseSpec | DynamoDBLeaseSpec, Field(discriminator="type")]
+
+
 class RotationFile(_Model):
     version: Literal[1]
     state_dir: str = ".rotator"
+    lease: LeaseSpec = FileLeaseSpec()
     defaults: Defaults = Defaults()
     issuers: dict[str, IssuerSpec] = Field(min_length=1)
     keys: dict[str, KeySpec] = Field(min_length=1)
@@ -364,7 +385,7 @@ def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int], source: str)
     return f"{where}: {path}: {msg}"
 
 
-_TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "EnvRef", "KeyRef"}
+_TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "dynamodb", "EnvRef", "KeyRef"}
 
 
 def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFile:

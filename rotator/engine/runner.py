@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from rotator.abc import Issuer, SecretStore, Stamp, TargetState, format_time
 from rotator.audit import Journal
 from rotator.engine import faults
 from rotator.engine.decide import decide, show
-from rotator.engine.lease import FileLease
+from rotator.engine.lease import FileLease, Lease
 from rotator.engine.model import Decision, Observation, TargetObs, attempt_name
 from rotator.errors import (
     Held,
@@ -91,6 +92,7 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         issuer_factory: Callable[..., Issuer] | None = None,
         store_factory: Callable[..., SecretStore] | None = None,
+        lease: Lease | None = None,
     ) -> None:
         self.spec = spec
         self.base_dir = base_dir
@@ -99,12 +101,14 @@ class Engine:
         self.state_dir = state_dir if state_dir.is_absolute() else base_dir / state_dir
         self.clock = clock
         self.journal = Journal(self.state_dir)
-        self.lease = FileLease(self.state_dir)
+        self.lease: Lease = lease if lease is not None else make_lease(spec, self.state_dir)
         self._issuer_factory = issuer_factory
         self._store_factory = store_factory
         self._stores: dict[str, list[SecretStore]] = {}
         self._issuers: dict[str, Issuer] = {}
         self._credentials: dict[str, Secret] = {}
+        self.stopping = threading.Event()
+        """Set it (e.g. on SIGTERM) to finish the step in hand and end the pass."""
 
     def close(self) -> None:
         """Close the vendor clients' connections."""
@@ -129,9 +133,7 @@ class Engine:
                 from providers import open_store
 
                 factory = open_store
-            self._stores[key] = [
-                factory(t, base_dir=self.base_dir) for t in self.spec.keys[key].targets
-            ]
+            self._stores[key] = [factory(t, base_dir=self.base_dir) for t in self.spec.keys[key].targets]
         return self._stores[key]
 
     def issuer(self, key: str) -> Issuer:
@@ -150,9 +152,7 @@ class Engine:
 
             spec = self.spec.keys[key]
             issuer_spec = self.spec.issuers[spec.issuer]
-            self._issuers[key] = factory(
-                issuer_spec, spec, credential=lambda: self._credential(key)
-            )
+            self._issuers[key] = factory(issuer_spec, spec, credential=lambda: self._credential(key))
         return self._issuers[key]
 
     def _credential(self, key: str) -> Secret:
@@ -180,9 +180,7 @@ class Engine:
             else:
                 boot = self._bootstrap(ref)
                 if boot is None:
-                    raise RotatorError(
-                        f"key {ref}: no target holds a current value to authenticate with"
-                    )
+                    raise RotatorError(f"key {ref}: no target holds a current value to authenticate with")
                 self._credentials[ref] = boot
         return self._credentials[ref]
 
@@ -294,19 +292,46 @@ class Engine:
         return [results[k] for k in keys]
 
     def reconcile(
-        self, key: str, *, force: bool = False, wait: bool = False, progress: Progress | None = None
+        self,
+        key: str,
+        *,
+        force: bool = False,
+        wait: bool = False,
+        progress: Progress | None = None,
+        attempt: str | None = None,
+        stop_before: Collection[str] = (),
     ) -> KeyResult:
-        """Drive one key as far as it safely goes now (or, with ``wait``, to rest)."""
+        """Drive one key as far as it safely goes now (or, with ``wait``, to rest).
+
+        ``attempt`` names the rotation a mint or reset starts (a Secrets Manager rotation
+        token); ``stop_before`` ends the pass, without acting, at the first decision whose
+        action it names (a rotation Lambda's steps map onto these).
+        """
         try:
             with self.lease.acquire(key):
-                return self._reconcile(key, force, wait, progress)
+                return self._reconcile(key, force, wait, progress, attempt, stop_before)
         except LeaseBusy as exc:
             return KeyResult(key, "busy", "unknown", f"skipped: held by {exc.holder}")
 
-    def _reconcile(self, key: str, force: bool, wait: bool, progress: Progress | None) -> KeyResult:
+    def _reconcile(
+        self,
+        key: str,
+        force: bool,
+        wait: bool,
+        progress: Progress | None,
+        attempt: str | None,
+        stop_before: Collection[str],
+    ) -> KeyResult:
         steps: list[str] = []
         decision = Decision("fail", "failed", "no step taken")
         for _ in range(MAX_STEPS):
+            if self.stopping.is_set():
+                decision = Decision(
+                    "wait",
+                    decision.phase if steps else "current",
+                    "stopped before the next step; the next pass resumes",
+                )
+                break
             try:
                 decision = decide(self.observe(key, force=force))
                 if progress:
@@ -314,9 +339,9 @@ class Engine:
                 if decision.action == "wait" and wait:
                     self._sleep_until(decision.until)
                     continue
-                if decision.terminal:
+                if decision.terminal or decision.action in stop_before:
                     break
-                self._act(key, decision)
+                self._act(key, decision, attempt)
                 steps.append(decision.action)
                 if decision.action in ("mint", "reset"):
                     force = False  # a requested rotation is served once
@@ -327,37 +352,31 @@ class Engine:
                 decision = Decision("fail", "failed", str(exc))
                 break
         else:
-            decision = Decision(
-                "fail", "failed", f"no rest after {MAX_STEPS} steps; last: {decision.reason}"
-            )
+            decision = Decision("fail", "failed", f"no rest after {MAX_STEPS} steps; last: {decision.reason}")
         if decision.action in ("hold", "fail"):
             self.journal.append(
                 "held" if decision.action == "hold" else "failed", key=key, reason=decision.reason
             )
             log.warning("%s: %s", key, decision.reason)
-        return KeyResult(
-            key, _outcome(decision), decision.phase, decision.reason, steps, decision.until
-        )
+        return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
 
     def _sleep_until(self, until: datetime | None) -> None:
         now = self.clock()
         pause = 1.0 if until is None else (until - now).total_seconds()
-        time.sleep(min(max(pause, 0.05), 1.0))
+        self.stopping.wait(min(max(pause, 0.05), 1.0))
 
     # ------------------------------------------------------------------ act
 
-    def _act(self, key: str, d: Decision) -> None:
-        {
-            "mint": self._mint,
-            "reset": self._reset,
-            "stage": self._stage,
-            "promote": self._promote,
-            "revoke": self._revoke,
-        }[d.action](key, d)
+    def _act(self, key: str, d: Decision, attempt: str | None) -> None:
+        if d.action == "mint":
+            self._mint(key, d, attempt or str(uuid.uuid4()))
+        elif d.action == "reset":
+            self._reset(key, d, attempt or str(uuid.uuid4()))
+        else:
+            {"stage": self._stage, "promote": self._promote, "revoke": self._revoke}[d.action](key, d)
 
-    def _mint(self, key: str, d: Decision) -> None:
+    def _mint(self, key: str, d: Decision, attempt: str) -> None:
         issuer, stores = self.issuer(key), self.stores(key)
-        attempt = str(uuid.uuid4())
         try:
             minted = issuer.mint(attempt_name(key, attempt))
         except KeyLimitReached as exc:
@@ -453,18 +472,15 @@ class Engine:
             self._probe(key, value.value, "not revoking the old key")
         revoked = issuer.revoke(d.key_id)
         event = "revoked" if d.phase == "draining" else "orphan-revoked"
-        self.journal.append(
-            event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason
-        )
+        self.journal.append(event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason)
         faults.checkpoint("after-revoke", key)
 
-    def _reset(self, key: str, d: Decision) -> None:
+    def _reset(self, key: str, d: Decision, attempt: str) -> None:
         """Cutover: a reset revokes the old key at once, so every store is checked first and
         the new value is written to the first store the moment it arrives."""
         stores, issuer = self.stores(key), self.issuer(key)
         current = self._credential(key)
         _run_all(lambda i: stores[i].check_access(), range(len(stores)))
-        attempt = str(uuid.uuid4())
         self.journal.append("reset-started", key=key, attempt=attempt, old_key_id=d.key_id)
         faults.checkpoint("before-reset", key)
         try:
@@ -505,6 +521,16 @@ class Engine:
         self._probe(key, value, "reset done but")
         self.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
         log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)
+
+
+def make_lease(spec: RotationFile, state_dir: Path) -> Lease:
+    """The lease backend the rotation file chooses."""
+    if spec.lease.type == "dynamodb":
+        from rotator.engine.lease_dynamodb import DynamoDBLease
+
+        lease: Lease = DynamoDBLease(spec.lease)
+        return lease
+    return FileLease(state_dir)
 
 
 def _read_target(store: SecretStore) -> TargetObs:
