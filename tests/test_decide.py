@@ -40,9 +40,7 @@ def vkey(
     )
 
 
-def version(
-    n: int, *, attempt: str | None = "a", promoted: datetime | None = None
-) -> StoredVersion:
+def version(n: int, *, attempt: str | None = "a", promoted: datetime | None = None) -> StoredVersion:
     stamp = Stamp(f"key_{n}", raw(n).fingerprint, attempt, promoted) if attempt else None
     return StoredVersion(str(n), raw(n), stamp)
 
@@ -245,3 +243,27 @@ def test_cutover_bootstrap_adopts() -> None:
     """A bootstrap value matching the vendor's key is written to every target."""
     d = decide(obs([_app(1)], [EMPTY, EMPTY], caps=RESET, bootstrap=_reset_raw(1)))
     assert (d.action, d.targets) == ("stage", (0, 1))
+
+
+def _inactive(n: int, deactivated: datetime) -> VendorKey:
+    k = vkey(n, created=T0 - timedelta(days=40))
+    return VendorKey(k.id, k.prefix, k.name, "inactive", k.created_at, None, deactivated)
+
+
+def test_two_step_revoke_deletes_after_delay() -> None:
+    """An inactive key (two-step issuers) is deleted once delete_after has passed, not before."""
+    state = [TargetState(version(1, promoted=T0), None)]
+    base = obs([vkey(1), _inactive(2, T0)], state)
+    early = Observation(**{**base.__dict__, "delete_after": timedelta(days=7)})
+    assert decide(early).action == "done"
+    late = Observation(**{**early.__dict__, "now": T0 + timedelta(days=8)})
+    d = decide(late)
+    assert (d.action, d.phase, d.key_id) == ("revoke", "revoked", "key_2")
+
+
+def test_inactive_key_deleted_before_minting() -> None:
+    """A leftover inactive key is deleted before a due rotation mints into its slot."""
+    state = [TargetState(version(1, promoted=T0), None)]
+    base = obs([vkey(1), _inactive(2, T0)], state, force=True)
+    d = decide(Observation(**{**base.__dict__, "delete_after": timedelta(days=7)}))
+    assert (d.action, d.key_id) == ("revoke", "key_2")

@@ -51,9 +51,7 @@ def decide(obs: Observation) -> Decision:
     broken = [t for t in obs.targets if t.state is None]
     if broken:
         names = "; ".join(f"{t.name}: {t.error}" for t in broken)
-        return Decision(
-            "fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}"
-        )
+        return Decision("fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}")
     if obs.strategy == "cutover":
         return _decide_cutover(obs)
     return _decide_overlap(obs)
@@ -71,15 +69,21 @@ def _versions(state: TargetState) -> Iterable[StoredVersion]:
 
 
 def _key_for(obs: Observation, value: Secret, stamp: Stamp | None) -> VendorKey | None:
-    """The vendor key a stored value is: by its stamp's key id, else by prefix (active first)."""
-    n = obs.capabilities.prefix_len
+    """The vendor key a stored value is: by its stamp's key id among the keys it matches,
+    else the newest active match."""
+    matches = [k for k in obs.vendor if _matches(obs, value, k)]
     if stamp is not None:
-        for k in obs.vendor:
-            if k.id == stamp.key_id and k.prefix == value.prefix(n):
+        for k in matches:
+            if k.id == stamp.key_id:
                 return k
-    matches = [k for k in obs.vendor if k.prefix == value.prefix(n)]
     matches.sort(key=lambda k: (not k.active, -k.created_at.timestamp()))
     return matches[0] if matches else None
+
+
+def _matches(obs: Observation, value: Secret, key: VendorKey) -> bool:
+    if obs.owners is None:
+        return value.prefix(obs.capabilities.prefix_len) == key.prefix
+    return key.id in obs.owners.get(value.fingerprint, ())
 
 
 def _holds(state: TargetState, fp: str) -> bool:
@@ -205,6 +209,18 @@ def _decide_overlap(obs: Observation) -> Decision:
             promoted_at=min(promoted, default=obs.now),
         )
 
+    inactive = [k for k in obs.vendor if k.status == "inactive" and k.id != new_key.id]
+    if obs.delete_after is not None and inactive:
+        ripe = [k for k in inactive if (k.revoked_at or k.created_at) + obs.delete_after <= obs.now]
+        if ripe or _due_reason(obs, new_key) is not None:
+            old = (ripe or inactive)[0]
+            why = (
+                f"deactivated more than {format_duration(obs.delete_after)} ago"
+                if ripe
+                else "it holds the second key slot and a rotation is due"
+            )
+            return Decision("revoke", "revoked", f"deleting inactive key {show(old)}: {why}", key_id=old.id)
+
     others = [k for k in active if k.id != new_key.id]
     newer = [k for k in others if k.created_at > new_key.created_at]
     if newer:
@@ -248,9 +264,7 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
         )
     if obs.now >= deadline:
         if last is not None and last > quiet_from:
-            failed = (
-                f"old key {show(old)} was still used at {when(last)}, after the propagation budget"
-            )
+            failed = f"old key {show(old)} was still used at {when(last)}, after the propagation budget"
         elif not new_ok:
             failed = f"new key {show(new)} has not been used since promotion at {when(promoted_at)}"
         else:
@@ -305,9 +319,8 @@ def _decide_cutover(obs: Observation) -> Decision:
             "once with `bootstrap: {env: NAME}`",
         )
     current = max(active, key=lambda k: k.created_at)
-    n = obs.capabilities.prefix_len
-    holding = [v for s in states for v in _versions(s) if v.value.prefix(n) == current.prefix]
-    if not holding and obs.bootstrap is not None and obs.bootstrap.prefix(n) == current.prefix:
+    holding = [v for s in states for v in _versions(s) if _matches(obs, v.value, current)]
+    if not holding and obs.bootstrap is not None and _matches(obs, obs.bootstrap, current):
         boot = StoredVersion("bootstrap", obs.bootstrap, None)
         return Decision(
             "stage",

@@ -70,7 +70,7 @@ def lock_name(key: str) -> str:
         raise ValueError("a lease needs a key name")
     name = "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in key)
     if len(name) > _MAX_NAME:
-        name = f"{name[:_MAX_NAME - 65]}~{hashlib.sha256(key.encode()).hexdigest()}"
+        name = f"{name[: _MAX_NAME - 65]}~{hashlib.sha256(key.encode()).hexdigest()}"
     return f"{name}.lock"
 
 

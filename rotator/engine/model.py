@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
@@ -65,6 +66,12 @@ class Observation:
     """A person asked for a rotation now (``rotator rotate``)."""
     bootstrap: Secret | None = field(default=None, repr=False)
     """A reset vendor's first key, given once through ``bootstrap: {env: NAME}``."""
+    owners: Mapping[str, tuple[str, ...]] | None = None
+    """For each stored fingerprint, the vendor keys the issuer says it is (``Issuer.matches``).
+    ``None``: match by the vendor's prefix (hand-built observations in tests)."""
+    delete_after: timedelta | None = None
+    """Issuers whose revoke is two-step (deactivate, then delete): how long a key stays
+    inactive before it is deleted."""
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,13 @@ class Engine:
 
             trigger = CronTrigger.from_crontab(spec.schedule, timezone="UTC")
             fire = trigger.get_next_fire_time(None, newest + timedelta(microseconds=1))
+        owners: dict[str, tuple[str, ...]] = {}
+        values = [v.value for t in targets if t.state for v in (t.state.current, t.state.pending) if v]
+        for value in [*values, *([bootstrap] if bootstrap else [])]:
+            owners[value.fingerprint] = tuple(k.id for k in vendor if issuer.matches(value, k))
         return Observation(
+            owners=owners,
+            delete_after=getattr(self.spec.issuers[spec.issuer], "delete_after", None),
             key=key,
             now=self.clock(),
             vendor=vendor,
@@ -471,7 +477,7 @@ class Engine:
             assert value is not None
             self._probe(key, value.value, "not revoking the old key")
         revoked = issuer.revoke(d.key_id)
-        event = "revoked" if d.phase == "draining" else "orphan-revoked"
+        event = {"draining": "revoked", "revoked": "deleted"}.get(d.phase, "orphan-revoked")
         self.journal.append(event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason)
         faults.checkpoint("after-revoke", key)
 

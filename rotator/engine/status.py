@@ -25,9 +25,7 @@ def describe(obs: Observation, decision: Decision) -> dict[str, Any]:
                         "prefix": v.value.prefix(n) + "…",
                         "fingerprint": v.fingerprint,
                         "attempt": v.stamp.attempt if v.stamp else None,
-                        "promoted_at": when(v.stamp.promoted_at)
-                        if v.stamp and v.stamp.promoted_at
-                        else None,
+                        "promoted_at": when(v.stamp.promoted_at) if v.stamp and v.stamp.promoted_at else None,
                     }
                 )
         targets.append(row)
