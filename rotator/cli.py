@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -17,6 +20,8 @@ from rotator.logs import configure, redact
 from rotator.spec import RotationFile, Settings, load_rotation_file
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HELD = 0, 1, 2, 3
+STARTED = time.monotonic()
+"""When the command started: emergency reports its time-to-revoke from here."""
 
 
 class Context:
@@ -44,9 +49,7 @@ class Context:
 def _keys(spec: RotationFile, wanted: Sequence[str]) -> list[str]:
     unknown = [k for k in wanted if k not in spec.keys]
     if unknown:
-        raise ConfigError(
-            f"unknown key(s): {', '.join(unknown)} (declared: {', '.join(spec.keys)})"
-        )
+        raise ConfigError(f"unknown key(s): {', '.join(unknown)} (declared: {', '.join(spec.keys)})")
     return list(wanted) or list(spec.keys)
 
 
@@ -137,9 +140,7 @@ def _run(
     from rotator.progress import ProgressView
 
     with ProgressView(enabled=output == "text") as view:
-        results = engine.apply(
-            names, force=force, wait=wait, parallel=parallel, progress=view.update
-        )
+        results = engine.apply(names, force=force, wait=wait, parallel=parallel, progress=view.update)
     if output == "json":
         _emit([r.as_dict() for r in results])
     else:
@@ -209,9 +210,7 @@ def status(obj: Context, key: str | None, output: str) -> None:
         click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
         for k in row.get("vendor_keys", []):
             used = k["last_used_at"] or "never"
-            click.echo(
-                f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}"
-            )
+            click.echo(f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}")
         for t in row["targets"]:
             if t["error"]:
                 click.echo(f"  target  {t['name']}: ERROR {t['error']}")
@@ -222,6 +221,76 @@ def status(obj: Context, key: str | None, output: str) -> None:
             click.echo(f"  target  {t['name']}: {shown}{extra}")
         if row.get("lagging"):
             click.echo(f"  lagging: {', '.join(row['lagging'])}")
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--reason", required=True, help="Why: recorded in the journal and the incident report.")
+@click.option(
+    "--leaked-since",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
+    help="Start of the exposure window to audit (default: the key's promotion time).",
+)
+@click.option(
+    "--keep-serving",
+    is_flag=True,
+    help="Mint and roll out first, revoke seconds later: a short exposure instead of an outage.",
+)
+@click.option("--key-id", help="The vendor id of the leaked key, when more than one is active.")
+@_output
+@click.pass_obj
+def emergency(
+    obj: Context,
+    key: str,
+    reason: str,
+    leaked_since: datetime | None,
+    keep_serving: bool,
+    key_id: str | None,
+    output: str,
+) -> None:
+    """After a leak: revoke KEY's current vendor key now, mint, roll out, audit.
+
+    The leaked key is revoked first, as the vendors' leak procedure orders (unless
+    --keep-serving, or the key is an issuer's own management key, which must mint its
+    successor before it can revoke itself). The vendor's trace chain is then verified for
+    the exposure window and an incident report is written to state_dir/incidents/.
+    Exit codes as apply.
+    """
+    from rotator.emergency import run_emergency
+
+    engine = obj.engine()
+    _keys(engine.spec, [key])
+    since = leaked_since.replace(tzinfo=leaked_since.tzinfo or UTC) if leaked_since else None
+    report = run_emergency(
+        engine,
+        key,
+        reason=reason,
+        leaked_since=since,
+        keep_serving=keep_serving,
+        key_id=key_id,
+        started=STARTED,
+    )
+    if output == "json":
+        _emit(asdict(report))
+    else:
+        click.echo(
+            f"{key}: leaked key {report.leaked_key_id} ({report.leaked_prefix}…) revoked "
+            f"{report.time_to_revoke_s}s after the command started ({report.order})"
+        )
+        if report.new_key_id:
+            click.echo(
+                f"{key}: new key {report.new_key_id} ({report.new_prefix}…) current in "
+                f"{len(report.targets)} target(s)"
+            )
+        if report.chain_valid is not None:
+            click.echo(
+                f"{key}: trace chain {'valid' if report.chain_valid else 'BROKEN'} "
+                f"({report.chain_checked} checked); {report.leaked_key_traces} traces under "
+                f"the leaked key since {report.leaked_since}"
+            )
+        click.echo(f"{key}: {report.outcome}: {report.message}; report {report.report_path}")
+    codes = {"failed": EXIT_FAILED, "held": EXIT_HELD}
+    sys.exit(codes.get(report.outcome, EXIT_OK))
 
 
 @cli.group()

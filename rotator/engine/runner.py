@@ -319,6 +319,12 @@ class Engine:
         except LeaseBusy as exc:
             return KeyResult(key, "busy", "unknown", f"skipped: held by {exc.holder}")
 
+    def reconcile_locked(
+        self, key: str, *, force: bool = False, stop_before: Collection[str] = ()
+    ) -> KeyResult:
+        """:meth:`reconcile` for a caller that already holds the key's lease (emergency)."""
+        return self._reconcile(key, force, False, None, None, stop_before)
+
     def _reconcile(
         self,
         key: str,

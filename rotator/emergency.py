@@ -1,0 +1,198 @@
+"""``rotator emergency``: after a leak, shut the door first.
+
+Following the vendors' leak procedure: revoke the leaked key at once, then mint, roll out
+to every target and audit the vendor's trace chain for the exposure window. With
+``keep_serving`` the order is mint, roll out, then revoke seconds later: a short exposure
+instead of an outage. A reset-only vendor revokes and mints in one call (the reset).
+
+Everything here is reached only by the emergency path; it imports no cloud SDK a target of
+the key does not use (providers import their SDK when the store is opened).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rotator.abc import VendorKey, format_time
+from rotator.engine.runner import Engine, KeyResult
+from rotator.errors import RotatorError
+
+log = logging.getLogger("rotator.emergency")
+
+
+@dataclass
+class EmergencyReport:
+    """What happened, for the incident record. Ids, prefixes and fingerprints only."""
+
+    key: str
+    reason: str
+    order: str
+    leaked_key_id: str | None = None
+    leaked_prefix: str | None = None
+    leaked_since: str | None = None
+    revoked_at: str | None = None
+    time_to_revoke_s: float | None = None
+    total_s: float | None = None
+    new_key_id: str | None = None
+    new_prefix: str | None = None
+    new_fingerprint: str | None = None
+    targets: list[str] = field(default_factory=list)
+    outcome: str = "failed"
+    message: str = ""
+    chain_valid: bool | None = None
+    chain_checked: int | None = None
+    chain_first_invalid: int | None = None
+    leaked_key_traces: int | None = None
+    traces_by_key: dict[str, int] = field(default_factory=dict)
+    report_path: str | None = None
+
+
+def _leaked_key(engine: Engine, key: str, key_id: str | None) -> tuple[VendorKey, datetime | None]:
+    """The key to revoke, and when it was promoted (the default start of the exposure)."""
+    issuer = engine.issuer(key)
+    listed = [k for k in issuer.list_keys() if k.active]
+    if key_id is not None:
+        chosen = [k for k in listed if k.id == key_id]
+        if not chosen:
+            raise RotatorError(f"{key}: no active vendor key with id {key_id!r}")
+        return chosen[0], None
+    if len(listed) == 1 and issuer.capabilities.overlap:
+        # the common case, decided from the vendor's list alone: no store read before the revoke
+        return listed[0], None
+    obs = engine.observe(key)
+    current = {
+        t.state.current.fingerprint: t.state.current
+        for t in obs.targets
+        if t.state is not None and t.state.current is not None
+    }
+    owners = obs.owners or {}
+    for fp, version in current.items():
+        for k in listed:
+            if k.id in owners.get(fp, ()):
+                promoted = version.stamp.promoted_at if version.stamp else None
+                return k, promoted
+    if not listed:
+        raise RotatorError(f"{key}: the vendor lists no active key to revoke")
+    raise RotatorError(
+        f"{key}: {len(listed)} active keys and none is current in a target; name the leaked one with --key-id"
+    )
+
+
+def run_emergency(
+    engine: Engine,
+    key: str,
+    *,
+    reason: str,
+    leaked_since: datetime | None = None,
+    keep_serving: bool = False,
+    key_id: str | None = None,
+    started: float | None = None,
+) -> EmergencyReport:
+    """Revoke ``key``'s leaked vendor key, mint and roll out a new one, audit, report."""
+    t0 = started if started is not None else time.monotonic()
+    own_key = key in engine.credential_keys()
+    issuer = engine.issuer(key)
+    reset_vendor = not issuer.capabilities.overlap
+    # A management key that revokes itself first cannot mint its successor afterwards.
+    serve_first = keep_serving or own_key
+    order = "reset" if reset_vendor else ("mint-then-revoke" if serve_first else "revoke-first")
+    report = EmergencyReport(key=key, reason=reason, order=order)
+    with engine.lease.acquire(key):
+        engine.journal.append("emergency-started", key=key, reason=reason, order=order)
+        leaked, promoted = _leaked_key(engine, key, key_id)
+        report.leaked_key_id, report.leaked_prefix = leaked.id, leaked.prefix
+        since = leaked_since or promoted or leaked.created_at
+        report.leaked_since = format_time(since)
+
+        if reset_vendor:
+            result = engine.reconcile_locked(key, force=True)
+            _revoked(report, engine, key, leaked, t0)
+        elif serve_first:
+            result = engine.reconcile_locked(key, force=True, stop_before=("revoke",))
+            if result.outcome in ("ok", "waiting"):  # the new key is current everywhere
+                issuer.revoke(leaked.id)
+                _revoked(report, engine, key, leaked, t0)
+                result = engine.reconcile_locked(key)
+        else:
+            issuer.revoke(leaked.id)
+            _revoked(report, engine, key, leaked, t0)
+            result = engine.reconcile_locked(key)
+        _finish(report, engine, key, result)
+        _audit_chain(report, engine, key, since)
+        report.total_s = round(time.monotonic() - t0, 3)
+        report.report_path = str(_write_report(engine.state_dir, report))
+        engine.journal.append(
+            "emergency-complete",
+            key=key,
+            outcome=report.outcome,
+            time_to_revoke_s=report.time_to_revoke_s,
+            report=report.report_path,
+        )
+    return report
+
+
+def _revoked(report: EmergencyReport, engine: Engine, key: str, leaked: VendorKey, t0: float) -> None:
+    report.time_to_revoke_s = round(time.monotonic() - t0, 3)
+    report.revoked_at = format_time(engine.clock())
+    engine.journal.append(
+        "emergency-revoked",
+        key=key,
+        key_id=leaked.id,
+        prefix=leaked.prefix,
+        time_to_revoke_s=report.time_to_revoke_s,
+    )
+
+
+def _finish(report: EmergencyReport, engine: Engine, key: str, result: KeyResult) -> None:
+    report.outcome, report.message = result.outcome, result.message
+    if result.outcome != "ok":
+        return
+    obs = engine.observe(key)
+    owners = obs.owners or {}
+    currents = [t.state.current for t in obs.targets if t.state is not None and t.state.current]
+    report.targets = [t.name for t in obs.targets]
+    if currents:
+        fp = currents[0].fingerprint
+        report.new_fingerprint = fp
+        for k in obs.vendor:
+            if k.id in owners.get(fp, ()) and k.active:
+                report.new_key_id, report.new_prefix = k.id, k.prefix
+    if report.revoked_at is None:
+        report.outcome, report.message = "failed", "the leaked key was not revoked"
+
+
+def _audit_chain(report: EmergencyReport, engine: Engine, key: str, since: datetime) -> None:
+    verify = getattr(engine.issuer(key), "verify_chain", None)
+    if verify is None:
+        return  # the vendor has no trace chain to audit
+    try:
+        chain = verify(since, engine.clock())
+    except RotatorError as exc:
+        log.warning("%s: chain audit failed: %s", key, exc)
+        report.message += f"; chain audit failed: {exc}"
+        return
+    report.chain_valid, report.chain_checked = chain.valid, chain.checked
+    report.chain_first_invalid = chain.first_invalid
+    report.traces_by_key = dict(chain.traces_by_key)
+    report.leaked_key_traces = chain.traces_by_key.get(report.leaked_key_id or "", 0)
+
+
+def _write_report(state_dir: Path, report: EmergencyReport) -> Path:
+    folder = state_dir / "incidents"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = (report.revoked_at or format_time(datetime.now().astimezone())).replace(":", "")
+    path = folder / f"{stamp}-{report.key}.json"
+    data: dict[str, Any] = asdict(report)
+    data["report_path"] = str(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out, indent=2, sort_keys=True)
+        out.write("\n")
+    return path
