@@ -14,8 +14,12 @@ if TYPE_CHECKING:
     from rotator.abc import SecretStore
     from rotator.spec import TargetSpec
 
-_MODULES = {"file": "providers.file", "aws": "providers.aws", "vault": "providers.vault",
-            "gcp": "providers.gcp"}
+_MODULES = {
+    "file": "providers.file",
+    "aws": "providers.aws",
+    "vault": "providers.vault",
+    "gcp": "providers.gcp",
+}
 
 
 def open_store(target: TargetSpec, *, base_dir: Path) -> SecretStore:
