@@ -29,12 +29,12 @@ demo: $(STAMP)
 
 ## test: lint, type-check and the whole suite, with real local servers
 test: $(STAMP) $(TOOLS_STAMP)
-	$(BIN)/ruff check rotator providers tests
+	$(BIN)/ruff check rotator providers tests benchmarks
 	$(BIN)/mypy
 	ROTATOR_TOOLS_BIN=$(CURDIR)/$(TOOLS)/bin $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check rotator providers tests
+	$(BIN)/ruff check rotator providers tests benchmarks
 	$(BIN)/ruff format --check rotator providers tests
 	$(BIN)/mypy
 
