@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,9 @@ class StoreConsumer:
                 if key:
                     if key[:13] not in self.keys_seen:
                         self.keys_seen.append(key[:13])
-                    r = client.post("/api/v1/traces", json={"from": self.name},
-                                    headers={"Authorization": f"Bearer {key}"})
+                    r = client.post(
+                        "/api/v1/traces", json={"from": self.name}, headers={"Authorization": f"Bearer {key}"}
+                    )
                     self.requests += 1
                     self.auth_failures += r.status_code == 401
                 self._stop.wait(0.05)
@@ -73,13 +74,21 @@ class StoreConsumer:
 
 @pytest.fixture
 def world(
-    tmp_path: Path, emulator: EmulatorServer, moto_server: str, openbao_server: OpenBaoServer,
-    gcp_server: FakeSecretManager, monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[dict[str, Any]]:
+    tmp_path: Path,
+    emulator: EmulatorServer,
+    moto_server: str,
+    openbao_server: OpenBaoServer,
+    gcp_server: FakeSecretManager,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
     """A rotation file whose one key has a target in each of the four stores."""
     monkeypatch.setenv(ADMIN_ENV, emulator.emulator.bootstrap_workspace_key())
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1", "VAULT_TOKEN": openbao_server.root_token}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "VAULT_TOKEN": openbao_server.root_token,
+    }.items():
         monkeypatch.setenv(name, value)
     suffix = tmp_path.name[-12:].replace("_", "-")
     (tmp_path / "secrets").mkdir()
@@ -115,7 +124,9 @@ keys:
 
     def read_vault() -> str | None:
         try:
-            data = vault.secrets.kv.v2.read_secret_version(path=f"fanout/{suffix}", raise_on_deleted_version=True)
+            data = vault.secrets.kv.v2.read_secret_version(
+                path=f"fanout/{suffix}", raise_on_deleted_version=True
+            )
         except Exception:  # noqa: BLE001 - not there yet
             return None
         return str(data["data"]["data"]["api_key"])
@@ -127,10 +138,16 @@ keys:
             return None
         return str(answer.payload.data.decode())
 
-    yield {
-        "path": path, "server": emulator, "gcp_server": gcp_server,
-        "readers": {"file": lambda: read_dotenv_key(tmp_path / "secrets/payments.env"),
-                    "aws": read_aws, "vault": read_vault, "gcp": read_gcp},
+    return {
+        "path": path,
+        "server": emulator,
+        "gcp_server": gcp_server,
+        "readers": {
+            "file": lambda: read_dotenv_key(tmp_path / "secrets/payments.env"),
+            "aws": read_aws,
+            "vault": read_vault,
+            "gcp": read_gcp,
+        },
     }
 
 
