@@ -130,6 +130,7 @@ def _run(
     dry_run: bool,
     parallel: int | None,
     output: str,
+    pushgateway: str | None = None,
 ) -> NoReturn:
     engine = obj.engine()
     names = _keys(engine.spec, keys)
@@ -137,8 +138,11 @@ def _run(
         for key, d in engine.plan(names, force=force):
             click.echo(f"{key}: would {d.action} ({d.phase}): {d.reason}")
         sys.exit(EXIT_OK)
+    import time
+
     from rotator.progress import ProgressView
 
+    started = time.time()
     with ProgressView(enabled=output == "text") as view:
         results = engine.apply(names, force=force, wait=wait, parallel=parallel, progress=view.update)
     if output == "json":
@@ -146,6 +150,15 @@ def _run(
     else:
         for r in results:
             click.echo(f"{r.key}: {r.outcome} ({r.phase}): {r.message}")
+    if pushgateway:
+        from rotator.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.observe_results(engine, results, started=started)
+        try:
+            metrics.push(pushgateway)
+        except RotatorError as exc:  # metrics are a report: they never change the outcome
+            click.echo(redact(f"rotator: warning: {exc}"), err=True)
     if any(r.outcome == "failed" for r in results):
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_HELD if any(r.outcome == "held" for r in results) else EXIT_OK)
@@ -155,6 +168,9 @@ _wait = click.option(
     "--wait", is_flag=True, help="Keep polling through drain waits until every key is at rest."
 )
 _output = click.option("--output", type=click.Choice(["text", "json"]), default="text")
+_pushgateway = click.option(
+    "--pushgateway", metavar="URL", help="After the pass, push its metrics to this Prometheus Pushgateway."
+)
 
 
 @cli.command()
@@ -163,6 +179,7 @@ _output = click.option("--output", type=click.Choice(["text", "json"]), default=
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
 @click.option("--parallel", type=click.IntRange(1, 64), help="Keys reconciled at once.")
 @_output
+@_pushgateway
 @click.pass_obj
 def apply(
     obj: Context,
@@ -171,19 +188,63 @@ def apply(
     dry_run: bool,
     parallel: int | None,
     output: str,
+    pushgateway: str | None,
 ) -> None:
     """One reconcile pass. Exit 0 ok or waiting, 1 a key failed, 3 a key is held."""
-    _run(obj, keys, force=False, wait=wait, dry_run=dry_run, parallel=parallel, output=output)
+    _run(
+        obj,
+        keys,
+        force=False,
+        wait=wait,
+        dry_run=dry_run,
+        parallel=parallel,
+        output=output,
+        pushgateway=pushgateway,
+    )
 
 
 @cli.command()
 @click.argument("key")
 @_wait
 @_output
+@_pushgateway
 @click.pass_obj
-def rotate(obj: Context, key: str, wait: bool, output: str) -> None:
+def rotate(obj: Context, key: str, wait: bool, output: str, pushgateway: str | None) -> None:
     """Start a rotation of KEY now, due or not. Exit codes as apply."""
-    _run(obj, [key], force=True, wait=wait, dry_run=False, parallel=1, output=output)
+    _run(
+        obj,
+        [key],
+        force=True,
+        wait=wait,
+        dry_run=False,
+        parallel=1,
+        output=output,
+        pushgateway=pushgateway,
+    )
+
+
+@cli.command()
+@click.argument("key")
+@click.argument("key_id")
+@click.pass_obj
+def reactivate(obj: Context, key: str, key_id: str) -> None:
+    """Make KEY_ID, a deactivated old key of KEY, active again (e.g. a consumer broke).
+
+    Only for issuers that deactivate before deleting (aws_iam). The next pass drains it
+    again: it stays active while used, and KEY is held at the drain timeout.
+    """
+    engine = obj.engine()
+    _keys(engine.spec, [key])
+    issuer = engine.issuer(key)
+    restore = getattr(issuer, "reactivate", None)
+    if restore is None:
+        raise RotatorError(
+            f"issuer {engine.spec.keys[key].issuer} cannot reactivate a key: its revoke is final"
+        )
+    with engine.lease.acquire(key):
+        restored = restore(key_id)
+        engine.journal.append("reactivated", key=key, key_id=restored.id, prefix=restored.prefix)
+    click.echo(f"{key}: {restored.id} is active again")
 
 
 @cli.command()
@@ -229,7 +290,8 @@ def status(obj: Context, key: str | None, output: str) -> None:
 @click.option(
     "--leaked-since",
     type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]),
-    help="Start of the exposure window to audit (default: the key's promotion time).",
+    metavar="TIME",
+    help="Start of the exposure window to audit, RFC 3339 UTC (default: the key's promotion time).",
 )
 @click.option(
     "--keep-serving",
@@ -329,6 +391,47 @@ def sandbox(drain: str, keep: Path | None) -> None:
     from rotator.sandbox.demo import run_demo
 
     sys.exit(run_demo(drain=drain, directory=keep))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of /metrics and /healthz.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=9464,
+    show_default=True,
+    help="Port of /metrics and /healthz (0: any free port, logged at start).",
+)
+@click.option(
+    "--tick",
+    default="30s",
+    show_default=True,
+    help="How often keys in flight (staged, draining, failed) get a pass.",
+)
+@click.option(
+    "--check-interval",
+    default="1h",
+    show_default=True,
+    envvar="ROTATOR_CHECK_INTERVAL",
+    help="How often a key without a schedule is checked against its max_age.",
+)
+@click.pass_obj
+def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) -> None:
+    """Run as a daemon: each key's pass on its cron schedule (or every --check-interval),
+    keys in flight every --tick, /metrics and /healthz over HTTP. SIGHUP reloads the
+    rotation file; SIGTERM finishes the step in hand and exits 0."""
+    from rotator.scheduler import run
+
+    sys.exit(
+        run(
+            obj.file,
+            settings=obj.settings,
+            host=host,
+            port=port,
+            tick=tick,
+            check_interval=check_interval,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
