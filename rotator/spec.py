@@ -139,7 +139,28 @@ class AdjutorIssuerSpec(_Model):
     timeout: Duration = timedelta(seconds=10)
 
 
-IssuerSpec = Annotated[AdjudonIssuerSpec | AdjutorIssuerSpec, Field(discriminator="type")]
+class AwsIamIssuerSpec(_Model):
+    """The access keys of one IAM user. AWS credentials from the default chain, a profile
+    or a role; never from the rotation file."""
+
+    type: Literal["aws_iam"]
+    user_name: str = Field(pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")
+    region: str | None = None
+    profile: str | None = None
+    role_arn: str | None = None
+    endpoint_url: str | None = None
+    """Serves IAM and STS alike (a local emulator)."""
+    timeout: Duration = timedelta(seconds=10)
+    delete_after: Duration = timedelta(days=7)
+    """A deactivated key is deleted this long after; until then ``rotator reactivate`` restores it."""
+
+    @property
+    def credential(self) -> None:
+        """IAM is managed with the SDK's credentials, never with a key the rotator holds."""
+        return None
+
+
+IssuerSpec = Annotated[AdjudonIssuerSpec | AdjutorIssuerSpec | AwsIamIssuerSpec, Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------- targets
@@ -213,9 +234,7 @@ class GcpTarget(_Model):
     pending_alias: str = "pending"
 
 
-TargetSpec = Annotated[
-    FileTarget | AwsTarget | VaultTarget | GcpTarget, Field(discriminator="type")
-]
+TargetSpec = Annotated[FileTarget | AwsTarget | VaultTarget | GcpTarget, Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------- keys
@@ -274,12 +293,11 @@ class RotationFile(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> RotationFile:
+        iam_keys: dict[str, str] = {}
         for name, key in self.keys.items():
             if key.issuer not in self.issuers:
                 known = ", ".join(sorted(self.issuers))
-                raise ValueError(
-                    f"keys.{name}.issuer: unknown issuer {key.issuer!r} (declared: {known})"
-                )
+                raise ValueError(f"keys.{name}.issuer: unknown issuer {key.issuer!r} (declared: {known})")
             issuer = self.issuers[key.issuer]
             if isinstance(issuer, AdjutorIssuerSpec):
                 if key.strategy == "overlap":
@@ -289,13 +307,13 @@ class RotationFile(_Model):
                     )
                 if key.kind is not None:
                     raise ValueError(f"keys.{name}.kind: adjutor keys have no kind")
+            if isinstance(issuer, AwsIamIssuerSpec):
+                _check_aws_iam_key(name, key, iam_keys.setdefault(key.issuer, name))
         for name, issuer in self.issuers.items():
             if isinstance(issuer, AdjudonIssuerSpec) and isinstance(issuer.credential, KeyRef):
                 ref = issuer.credential.key
                 if ref not in self.keys:
-                    raise ValueError(
-                        f"issuers.{name}.credential.key: no key named {ref!r} is declared"
-                    )
+                    raise ValueError(f"issuers.{name}.credential.key: no key named {ref!r} is declared")
         for name, key in self.keys.items():
             if key.schedule is not None:
                 _check_cron(f"keys.{name}.schedule", key.schedule)
@@ -315,11 +333,80 @@ class RotationFile(_Model):
         return self.keys[key].verify or self.defaults.verify
 
 
-def _check_cron(where: str, expr: str) -> None:
+_IAM_TAG_SAFE = re.compile(r"[\w .:/=+@-]{1,200}")
+
+
+def _check_aws_iam_key(name: str, key: KeySpec, first: str) -> None:
+    if key.kind is not None:
+        raise ValueError(f"keys.{name}.kind: aws_iam keys have no kind")
+    if key.strategy == "cutover":
+        raise ValueError(f"keys.{name}.strategy: aws_iam keys rotate with overlap (two access keys per user)")
+    if first != name:
+        raise ValueError(
+            f"keys.{name}.issuer: issuer {key.issuer!r} already serves key {first!r}; "
+            "an aws_iam issuer is one IAM user, whose keys are one key"
+        )
+    if not _IAM_TAG_SAFE.fullmatch(name):
+        raise ValueError(
+            f"keys.{name}: an aws_iam key's name is kept in an IAM tag: at most 200 letters, "
+            "digits, spaces and _ . : / = + - @"
+        )
+
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _cron_weekdays(field: str) -> str:
+    """Standard cron's day-of-week field (0 or 7 = Sunday) spelled with names.
+
+    APScheduler 3 reads numeric weekdays with 0 = Monday, so ``0 3 * * 0`` would fire on
+    Mondays; names mean the same to both.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            lo, hi = 0, 6
+        else:
+            first, _, last = span.partition("-")
+            lo = _weekday(first)
+            hi = _weekday(last) if last else (6 if step_text else lo)
+            if last and last.strip() == "7":
+                hi = 7
+        if step < 1 or hi < lo:
+            raise ValueError(f"bad day-of-week {part!r}")
+        days.update(d % 7 for d in range(lo, hi + 1, step))
+    return ",".join(_WEEKDAYS[d] for d in sorted(days))
+
+
+def _weekday(text: str) -> int:
+    text = text.strip()
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text) % 7 if text != "7" else 0
+    if text[:3] in _WEEKDAYS:
+        return _WEEKDAYS.index(text[:3])
+    raise ValueError(f"bad day-of-week {text!r}")
+
+
+def cron_trigger(expr: str) -> Any:
+    """An APScheduler ``CronTrigger`` (UTC) for a standard 5-field cron expression."""
     from apscheduler.triggers.cron import CronTrigger  # only files with a schedule pay for it
 
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"wrong number of fields; got {len(fields)}, expected 5")
+    minute, hour, day, month, weekday = fields
+    return CronTrigger(
+        minute=minute, hour=hour, day=day, month=month, day_of_week=_cron_weekdays(weekday), timezone="UTC"
+    )
+
+
+def _check_cron(where: str, expr: str) -> None:
     try:
-        CronTrigger.from_crontab(expr, timezone="UTC")
+        cron_trigger(expr)
     except ValueError as exc:
         raise ValueError(f"{where}: {expr!r} is not a 5-field cron expression ({exc})") from None
 
@@ -337,8 +424,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
             raise ConfigError(
-                f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
-                f"(first on line {seen[key]})"
+                f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first on line {seen[key]})"
             )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=True)
@@ -385,7 +471,7 @@ def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int], source: str)
     return f"{where}: {path}: {msg}"
 
 
-_TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "dynamodb", "EnvRef", "KeyRef"}
+_TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "aws_iam", "dynamodb", "EnvRef", "KeyRef"}
 
 
 def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFile:
@@ -401,9 +487,7 @@ def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFi
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     if not isinstance(data, dict) or node is None:
-        raise ConfigError(
-            f"{source}: the rotation file must be a mapping with version, issuers, keys"
-        )
+        raise ConfigError(f"{source}: the rotation file must be a mapping with version, issuers, keys")
     lines = _line_index(node)
     try:
         return RotationFile.model_validate(data)

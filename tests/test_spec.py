@@ -168,3 +168,36 @@ def test_format_duration_round_trips() -> None:
     """format_duration writes what parse_duration reads."""
     for text in ("1d2h3m4s", "15m", "500ms", "0s"):
         assert format_duration(parse_duration(text)) == text
+
+
+@pytest.mark.parametrize(
+    ("expr", "weekday"),
+    [
+        ("0 3 * * 0", "sun"),
+        ("0 3 * * 7", "sun"),
+        ("0 3 * * 1", "mon"),
+        ("0 3 * * MON", "mon"),
+        ("0 3 * * 1-5", "mon,tue,wed,thu,fri"),
+        ("0 3 * * 5-7", "sun,fri,sat"),
+        ("0 3 * * */2", "sun,tue,thu,sat"),
+        ("0 3 * * sat,0", "sun,sat"),
+        ("0 3 * * *", "*"),
+    ],
+)
+def test_cron_weekdays_are_standard(expr: str, weekday: str) -> None:
+    """Numeric weekdays follow cron (0 and 7 are Sunday), not APScheduler's 0 = Monday."""
+    from datetime import UTC, datetime
+
+    from rotator.spec import _cron_weekdays, cron_trigger
+
+    assert _cron_weekdays(expr.split()[4]) == weekday
+    fire = cron_trigger(expr).get_next_fire_time(None, datetime(2026, 11, 22, tzinfo=UTC))  # a Sunday
+    names = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    assert weekday == "*" or names[fire.weekday()] in weekday.split(",")
+
+
+@pytest.mark.parametrize("expr", ["0 3 * *", "0 3 * * 8", "0 3 * * 5-2", "61 * * * *", "0 3 * * funday"])
+def test_bad_cron_expressions(expr: str) -> None:
+    """A malformed schedule is a ConfigError naming the field."""
+    text = GOOD.replace('schedule: "0 3 * * MON"', f'schedule: "{expr}"')
+    assert "keys.payments.schedule" in _error(text)

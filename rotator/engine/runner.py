@@ -38,6 +38,7 @@ from rotator.spec import (
     KeyRef,
     RotationFile,
     Settings,
+    cron_trigger,
 )
 
 log = logging.getLogger("rotator.engine")
@@ -217,9 +218,7 @@ class Engine:
         newest = max((k.created_at for k in vendor if k.active), default=None)
         fire = None
         if spec.schedule and newest is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            trigger = CronTrigger.from_crontab(spec.schedule, timezone="UTC")
+            trigger = cron_trigger(spec.schedule)
             fire = trigger.get_next_fire_time(None, newest + timedelta(microseconds=1))
         owners: dict[str, tuple[str, ...]] = {}
         values = [v.value for t in targets if t.state for v in (t.state.current, t.state.pending) if v]
