@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
+from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -241,7 +241,7 @@ class GcpStore:
         states = {_number(v.name): int(v.state) for v in listed}
         stamps: dict[int, Stamp] = {}
         for key, raw in secret.annotations.items():
-            number, decoded = _stamp_number(key), _decode(raw)
+            number, decoded = _stamp_number(key), Stamp.from_json(raw)
             if number is not None and decoded is not None:
                 stamps[number] = decoded
         enabled = {n for n, state in states.items() if state == _ENABLED}
@@ -359,7 +359,7 @@ class GcpStore:
         annotations = {k: v for k, v in view.secret.annotations.items()
                        if _stamp_number(k) is None}
         protected = keep | {n for n in (view.current, view.pending) if n is not None}
-        encoded = {n: _encode(s) for n, s in ours.items()}
+        encoded = {n: s.to_json() for n, s in ours.items()}
         size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
         size += sum(len(f"{_PREFIX}{n}") + len(v.encode()) for n, v in encoded.items())
         for n in sorted(encoded):
@@ -465,20 +465,3 @@ def _stamp_number(annotation: str) -> int | None:
     """``rotator-v7`` -> 7; ``None`` for annotations that are not stamps."""
     rest = annotation.removeprefix(_PREFIX)
     return int(rest) if rest != annotation and rest.isdigit() else None
-
-
-def _encode(stamp: Stamp) -> str:
-    data = {"k": stamp.key_id, "f": stamp.fingerprint, "a": stamp.attempt}
-    if stamp.promoted_at is not None:
-        data["p"] = format_time(stamp.promoted_at)
-    return json.dumps(data, separators=(",", ":"))
-
-
-def _decode(raw: str) -> Stamp | None:
-    try:
-        data = json.loads(raw)
-        promoted = data.get("p")
-        return Stamp(str(data["k"]), str(data["f"]), str(data["a"]),
-                     parse_time(promoted) if promoted else None)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None  # not ours, or damaged: treated as unstamped

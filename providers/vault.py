@@ -34,7 +34,6 @@ The token's policy needs ``read``, ``create`` and ``update`` on both
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
+from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
     ConfigError,
     StoreAccessDenied,
@@ -86,23 +85,6 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
-def _encode(stamp: Stamp) -> str:
-    out = {"k": stamp.key_id, "f": stamp.fingerprint, "a": stamp.attempt}
-    if stamp.promoted_at is not None:
-        out["p"] = format_time(stamp.promoted_at)
-    return json.dumps(out, separators=(",", ":"))
-
-
-def _decode(text: str) -> Stamp | None:
-    try:
-        d = json.loads(text)
-        promoted = d.get("p")
-        return Stamp(str(d["k"]), str(d["f"]), str(d["a"]),
-                     parse_time(promoted) if promoted else None)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None  # not ours, or edited by hand: the version reads as unstamped
-
-
 @dataclass
 class _Snapshot:
     """The secret's metadata at one instant, with the version data fetched so far."""
@@ -117,7 +99,7 @@ class _Snapshot:
 
     def stamp(self, n: int) -> Stamp | None:
         text = self.custom.get(f"{_PREFIX}{n}")
-        return _decode(text) if text else None
+        return Stamp.from_json(text) if text else None
 
 
 class VaultStore:
@@ -157,7 +139,7 @@ class VaultStore:
         base = snap.data.get(snap.latest) if snap.latest else None
         data = {**(base or {}), self.target.field: value.reveal()}
         n = snap.latest + 1
-        custom = self._pruned(snap, {f"{_PREFIX}{n}": _encode(replace(stamp, promoted_at=None))})
+        custom = self._pruned(snap, {f"{_PREFIX}{n}": replace(stamp, promoted_at=None).to_json()})
         self._put_metadata(snap, custom)
         try:
             self._call("write", lambda c: c.secrets.kv.v2.create_or_update_secret(
@@ -174,7 +156,7 @@ class VaultStore:
             return
         if pending is not None and pending.stamp is not None and pending.stamp.attempt == attempt:
             stamp = replace(pending.stamp, promoted_at=promoted_at)
-            self._put_metadata(snap, self._pruned(snap, {_PREFIX + pending.version: _encode(stamp)}))
+            self._put_metadata(snap, self._pruned(snap, {_PREFIX + pending.version: stamp.to_json()}))
             return
         for n in sorted(snap.kept, reverse=True):
             found = snap.stamp(n)

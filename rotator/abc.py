@@ -11,6 +11,7 @@ engine (``rotator.engine``) speaks only to these.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC as _UTC
 from datetime import datetime
@@ -60,6 +61,26 @@ class Stamp:
             attempt=data["rotator-attempt"],
             promoted_at=parse_time(promoted) if promoted else None,
         )
+
+
+    def to_json(self) -> str:
+        """Compact JSON (``{"k","f","a","p"?}``): fits one annotation or metadata entry."""
+        data = {"k": self.key_id, "f": self.fingerprint, "a": self.attempt}
+        if self.promoted_at is not None:
+            data["p"] = _iso(self.promoted_at)
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Stamp | None:
+        """Inverse of :meth:`to_json`; ``None`` for text that is not ours or was damaged
+        (the version then reads as unstamped)."""
+        try:
+            data = json.loads(text)
+            promoted = data.get("p")
+            return cls(str(data["k"]), str(data["f"]), str(data["a"]),
+                       parse_time(promoted) if promoted else None)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
 
 
 def _iso(t: datetime) -> str:
