@@ -28,3 +28,6 @@ def configure(level: str, *, debug: bool) -> None:
     if not debug:  # SDK chatter only when asked for
         for noisy in ("botocore", "urllib3", "httpx", "httpcore", "hvac", "grpc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Never, even with --debug: these log whole request and response bodies, secret values included.
+    for body_logger in ("botocore.parsers", "botocore.endpoint", "hpack", "urllib3.connectionpool"):
+        logging.getLogger(body_logger).setLevel(logging.INFO)

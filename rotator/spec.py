@@ -154,11 +154,6 @@ class AwsIamIssuerSpec(_Model):
     delete_after: Duration = timedelta(days=7)
     """A deactivated key is deleted this long after; until then ``rotator reactivate`` restores it."""
 
-    @property
-    def credential(self) -> None:
-        """IAM is managed with the SDK's credentials, never with a key the rotator holds."""
-        return None
-
 
 IssuerSpec = Annotated[AdjudonIssuerSpec | AdjutorIssuerSpec | AwsIamIssuerSpec, Field(discriminator="type")]
 
@@ -405,10 +400,15 @@ def cron_trigger(expr: str) -> Any:
 
 
 def _check_cron(where: str, expr: str) -> None:
+    from datetime import UTC, datetime
+
     try:
-        cron_trigger(expr)
+        trigger = cron_trigger(expr)
     except ValueError as exc:
         raise ValueError(f"{where}: {expr!r} is not a 5-field cron expression ({exc})") from None
+    # "0 0 31 2 *" parses, then never fires: the key would silently rotate on max_age alone
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+        raise ValueError(f"{where}: {expr!r} never fires (no date matches it)")
 
 
 # --------------------------------------------------------------------------- loading

@@ -33,6 +33,7 @@ from rotator.errors import (
 )
 from rotator.secret import Secret
 from rotator.spec import (
+    AdjudonIssuerSpec,
     AdjutorIssuerSpec,
     EnvRef,
     KeyRef,
@@ -162,6 +163,10 @@ class Engine:
         issuer_spec = self.spec.issuers[self.spec.keys[key].issuer]
         if isinstance(issuer_spec, AdjutorIssuerSpec):
             ref = key
+        elif not isinstance(issuer_spec, AdjudonIssuerSpec):
+            raise RotatorError(
+                f"issuer {self.spec.keys[key].issuer}: uses the SDK's credentials, not a key"
+            )
         elif isinstance(issuer_spec.credential, EnvRef):
             name = issuer_spec.credential.env
             value = os.environ.get(name)
@@ -199,7 +204,7 @@ class Engine:
         return {
             i.credential.key
             for i in self.spec.issuers.values()
-            if not isinstance(i, AdjutorIssuerSpec) and isinstance(i.credential, KeyRef)
+            if isinstance(i, AdjudonIssuerSpec) and isinstance(i.credential, KeyRef)
         }
 
     # ------------------------------------------------------------------ observe

@@ -2,8 +2,9 @@
 
 * :class:`AdjudonIssuer` - an overlap vendor: two keys per scope (workspace or agent).
 * :class:`AdjutorIssuer` - a reset vendor: one key per app, a reset revokes it.
+* ``aws_iam.AwsIamIssuer`` - the access keys of one IAM user, over boto3 (imported on use).
 
-Both speak HTTP through :class:`rotator.vendors._http.VendorHTTP`, which owns
+The first two speak HTTP through :class:`rotator.vendors._http.VendorHTTP`, which owns
 TLS checks, error translation and bounded retries (:class:`RetryPolicy`).
 """
 
@@ -16,7 +17,7 @@ import httpx
 from rotator.abc import Issuer
 from rotator.errors import ConfigError, VendorOutcomeUnknown
 from rotator.secret import Secret
-from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, IssuerSpec, KeySpec
+from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, AwsIamIssuerSpec, IssuerSpec, KeySpec
 from rotator.vendors._http import RetryPolicy
 from rotator.vendors.adjudon import AdjudonIssuer, ChainReport, ChainStatus
 from rotator.vendors.adjutor import AdjutorIssuer
@@ -43,8 +44,12 @@ def make_issuer(
     """The issuer for ``key``, bound to its scope; named after ``key.issuer``.
 
     ``credential`` is called for every request: the workspace key for Adjudon,
-    the app's current key for Adjútor.
+    the app's current key for Adjútor. IAM uses the SDK's credential chain instead.
     """
+    if isinstance(spec, AwsIamIssuerSpec):
+        from rotator.vendors.aws_iam import open_issuer
+
+        return open_issuer(key.issuer, spec, retry=retry)
     timeout = spec.timeout.total_seconds()
     if isinstance(spec, AdjudonIssuerSpec):
         kind = key.kind or ("agent" if key.agent_id else "workspace")
