@@ -47,7 +47,6 @@ Errors are translated at this edge by :func:`translated`.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 import re
 from collections.abc import Iterator
@@ -56,11 +55,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
+from rotator.aws_session import make_session
 from rotator.errors import (
-    ConfigError,
     StoreAccessDenied,
     StoreConflict,
     StoreError,
@@ -68,6 +66,7 @@ from rotator.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
+from rotator.net import require_tls
 from rotator.secret import Secret
 
 if TYPE_CHECKING:
@@ -86,7 +85,7 @@ def open_store(target: AwsTarget, *, base_dir: Path, client: Any | None = None) 
     """The store for ``target``; ``client`` replaces the boto3 client built from it."""
     del base_dir  # nothing of an AWS target is a local path
     if target.endpoint_url:
-        _check_endpoint(_name(target), target.endpoint_url)
+        require_tls(f"{_name(target)}: endpoint_url", target.endpoint_url)
     if client is None:
         with translated(_name(target), "connect"):
             client = _build_client(target)
@@ -97,63 +96,15 @@ def _name(target: AwsTarget) -> str:
     return f"aws:{target.secret_id}" + (f"#{target.field}" if target.field else "")
 
 
-def _check_endpoint(store: str, url: str) -> None:
-    """Plain http only to a loopback address (a local emulator); https anywhere else."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ConfigError(
-            f"{store}: endpoint_url: only https, or plain http to a loopback address, is allowed"
-        )
-
-
 def _build_client(target: AwsTarget) -> SecretsManagerClient:
-    import boto3
     from botocore.config import Config
 
     config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15)
-    session = boto3.Session(profile_name=target.profile, region_name=target.region)
-    if target.role_arn:
-        session = _assume_role(session, target.role_arn)
-    return session.client("secretsmanager", config=config, endpoint_url=target.endpoint_url)
-
-
-def _assume_role(base: Any, role_arn: str) -> Any:
-    """A session on STS AssumeRole credentials, refreshed before they expire."""
-    import boto3
-    import botocore.session
-    from botocore.credentials import (
-        AssumeRoleCredentialFetcher,
-        CredentialProvider,
-        CredentialResolver,
-        DeferredRefreshableCredentials,
+    session = make_session(profile=target.profile, region=target.region, role_arn=target.role_arn)
+    client: SecretsManagerClient = session.client(
+        "secretsmanager", config=config, endpoint_url=target.endpoint_url
     )
-    from botocore.exceptions import NoCredentialsError
-
-    source = base.get_credentials()
-    if source is None:
-        raise NoCredentialsError
-    fetcher = AssumeRoleCredentialFetcher(
-        client_creator=base.client,
-        source_credentials=source,
-        role_arn=role_arn,
-        extra_args={"RoleSessionName": "rotator"},
-    )
-
-    class _RoleProvider(CredentialProvider):
-        METHOD = "assume-role"
-        CANONICAL_NAME = "custom-rotator-role"
-
-        def load(self) -> DeferredRefreshableCredentials:
-            return DeferredRefreshableCredentials(fetcher.fetch_credentials, self.METHOD)
-
-    core = botocore.session.Session()
-    core.register_component("credential_provider", CredentialResolver([_RoleProvider()]))
-    return boto3.Session(botocore_session=core, region_name=base.region_name)
+    return client
 
 
 # --------------------------------------------------------------------------- stamps in tags

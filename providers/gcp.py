@@ -42,7 +42,6 @@ since adding a version does not change the etag.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from rotator.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
+from rotator.net import is_loopback
 from rotator.secret import Secret, fingerprint
 from rotator.spec import GcpTarget
 
@@ -442,13 +442,9 @@ def _make_client(endpoint: str | None, store: str) -> Any:
 
 
 def _is_loopback(endpoint: str) -> bool:
-    host = endpoint.rsplit(":", 1)[0].strip("[]") if ":" in endpoint else endpoint
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """``host:port`` (or a bare host) names a loopback address."""
+    host = endpoint.rsplit(":", 1)[0] if endpoint.count(":") == 1 or "]:" in endpoint else endpoint
+    return is_loopback(host)
 
 
 def _code(exc: Exception) -> str:

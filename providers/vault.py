@@ -33,7 +33,6 @@ The token's policy needs ``read``, ``create`` and ``update`` on both
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +52,7 @@ from rotator.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
+from rotator.net import is_loopback
 from rotator.secret import Secret
 from rotator.spec import VaultTarget
 
@@ -67,22 +67,11 @@ def open_store(target: VaultTarget, *, base_dir: Path, client: Any | None = None
     """The store for ``target``; ``client`` is an authenticated ``hvac.Client`` (for tests)."""
     where = f"vault target {target.url}"
     parts = urlsplit(target.url)
-    if parts.scheme != "https" and not (parts.scheme == "http" and _loopback(parts.hostname)):
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
         raise ConfigError(f"{where}: only https, or plain http to a loopback address, is allowed")
     if target.auth.method == "kubernetes" and not target.auth.role:
         raise ConfigError(f"{where}: auth method kubernetes needs a role")
     return VaultStore(target, base_dir=base_dir, client=client)
-
-
-def _loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass

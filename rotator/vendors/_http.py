@@ -9,7 +9,6 @@ key.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -37,6 +36,7 @@ from rotator.errors import (
     VendorRejected,
     VendorUnavailable,
 )
+from rotator.net import is_loopback
 from rotator.secret import Secret
 
 LOG = logging.getLogger("rotator.vendors")
@@ -74,21 +74,12 @@ def check_base_url(url: str, vendor: str) -> str:
         raise ConfigError(f"{vendor}: base_url {url!r} is not an http(s) URL")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"{vendor}: base_url must not carry credentials, a query or a fragment")
-    if parts.scheme == "http" and not _loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(
             f"{vendor}: base_url {url!r} uses plain http; only https is allowed "
             "(or http to a loopback host)"
         )
     return url.rstrip("/")
-
-
-def _loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- answers

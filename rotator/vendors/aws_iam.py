@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from rotator.abc import Activity, Capabilities, KeyStatus, Minted, VendorKey, format_time, parse_time
+from rotator.aws_session import make_session
 from rotator.errors import (
     ConfigError,
     KeyLimitReached,
@@ -513,9 +514,9 @@ def open_issuer(
     from botocore.exceptions import BotoCoreError
 
     try:
-        session = boto3.Session(profile_name=spec.profile, region_name=spec.region)
-        if spec.role_arn:
-            session = _assume_role(session, spec.role_arn)
+        session = make_session(
+            profile=spec.profile, region=spec.region, role_arn=spec.role_arn, session_name="rotator-iam"
+        )
     except BotoCoreError as exc:
         raise _from_botocore_error(f"{name}: connect", exc, False) from None
     # IAM is global, signed for us-east-1 in the aws partition; other partitions set region
@@ -533,37 +534,3 @@ def open_issuer(
     return AwsIamIssuer(
         issuer, spec.user_name, client=client, mint_client=mint_client, probe_client=probe_client
     )
-
-
-def _assume_role(base: Any, role_arn: str) -> Any:
-    """A session on STS AssumeRole credentials, refreshed before they expire."""
-    import boto3
-    import botocore.session
-    from botocore.credentials import (
-        AssumeRoleCredentialFetcher,
-        CredentialProvider,
-        CredentialResolver,
-        DeferredRefreshableCredentials,
-    )
-    from botocore.exceptions import NoCredentialsError
-
-    source = base.get_credentials()
-    if source is None:
-        raise NoCredentialsError
-    fetcher = AssumeRoleCredentialFetcher(
-        client_creator=base.client,
-        source_credentials=source,
-        role_arn=role_arn,
-        extra_args={"RoleSessionName": "rotator-iam"},
-    )
-
-    class _RoleProvider(CredentialProvider):
-        METHOD = "assume-role"
-        CANONICAL_NAME = "custom-rotator-role"
-
-        def load(self) -> DeferredRefreshableCredentials:
-            return DeferredRefreshableCredentials(fetcher.fetch_credentials, self.METHOD)
-
-    core = botocore.session.Session()
-    core.register_component("credential_provider", CredentialResolver([_RoleProvider()]))
-    return boto3.Session(botocore_session=core, region_name=base.region_name)
