@@ -145,3 +145,29 @@ keys:
     assert parse_time(old_key["last_used_at"]) < parse_time(old_key["revoked_at"])
     assert parse_time(new_key["last_used_at"]) >= parse_time(old_key["revoked_at"])
     assert len(agent_keys(emulator, active=True)) == 1
+
+
+def test_lost_lease_stops_between_steps(
+    tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewable lease that reports it was lost ends the pass before the next step, and is a failure."""
+    import threading
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    monkeypatch.setenv(ADMIN_ENV, emulator.emulator.bootstrap_workspace_key())
+    path = write_spec(tmp_path, emulator, targets=1)
+
+    class LosingLease:
+        @contextmanager
+        def acquire(self, key: str) -> Iterator[SimpleNamespace]:
+            info = SimpleNamespace(key=key, lost=threading.Event())
+            info.lost.set()
+            yield info
+
+    engine = Engine(load_rotation_file(path), base_dir=tmp_path, settings=FAST, lease=LosingLease())  # type: ignore[arg-type]
+    result = engine.apply(["payments"])[0]
+    assert (result.outcome, result.steps) == ("failed", [])
+    assert "lost the lease" in result.message
+    assert agent_keys(emulator) == []

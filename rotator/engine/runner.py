@@ -164,9 +164,7 @@ class Engine:
         if isinstance(issuer_spec, AdjutorIssuerSpec):
             ref = key
         elif not isinstance(issuer_spec, AdjudonIssuerSpec):
-            raise RotatorError(
-                f"issuer {self.spec.keys[key].issuer}: uses the SDK's credentials, not a key"
-            )
+            raise RotatorError(f"issuer {self.spec.keys[key].issuer}: uses the SDK's credentials, not a key")
         elif isinstance(issuer_spec.credential, EnvRef):
             name = issuer_spec.credential.env
             value = os.environ.get(name)
@@ -319,16 +317,18 @@ class Engine:
         action it names (a rotation Lambda's steps map onto these).
         """
         try:
-            with self.lease.acquire(key):
-                return self._reconcile(key, force, wait, progress, attempt, stop_before)
+            with self.lease.acquire(key) as lease:
+                return self._reconcile(key, force, wait, progress, attempt, stop_before, lease)
         except LeaseBusy as exc:
             return KeyResult(key, "busy", "unknown", f"skipped: held by {exc.holder}")
+        except RotatorError as exc:  # the lease store itself failed (e.g. DynamoDB unreachable)
+            return KeyResult(key, "failed", "failed", f"cannot take the lease: {exc}")
 
     def reconcile_locked(
         self, key: str, *, force: bool = False, stop_before: Collection[str] = ()
     ) -> KeyResult:
         """:meth:`reconcile` for a caller that already holds the key's lease (emergency)."""
-        return self._reconcile(key, force, False, None, None, stop_before)
+        return self._reconcile(key, force, False, None, None, stop_before, None)
 
     def _reconcile(
         self,
@@ -338,10 +338,14 @@ class Engine:
         progress: Progress | None,
         attempt: str | None,
         stop_before: Collection[str],
+        lease: object | None,
     ) -> KeyResult:
         steps: list[str] = []
         decision = Decision("fail", "failed", "no step taken")
         for _ in range(MAX_STEPS):
+            if _lease_lost(lease):  # a lease that could not be renewed: another runner may act
+                decision = Decision("fail", "failed", "lost the lease on this key; stopped between steps")
+                break
             if self.stopping.is_set():
                 decision = Decision(
                     "wait",
@@ -548,6 +552,12 @@ def make_lease(spec: RotationFile, state_dir: Path) -> Lease:
         lease: Lease = DynamoDBLease(spec.lease)
         return lease
     return FileLease(state_dir)
+
+
+def _lease_lost(lease: object | None) -> bool:
+    """True when a renewable lease (DynamoDB) reports it was lost; file leases cannot be."""
+    lost = getattr(lease, "lost", None)
+    return isinstance(lost, threading.Event) and lost.is_set()
 
 
 def _read_target(store: SecretStore) -> TargetObs:
