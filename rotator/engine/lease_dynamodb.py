@@ -30,7 +30,6 @@ runner's own clock: keep clocks in sync (NTP) and ``ttl`` well above their skew.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import threading
@@ -41,11 +40,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from rotator.abc import format_time
 from rotator.engine.lease import LeaseInfo, default_owner
 from rotator.errors import ConfigError, LeaseBusy, RotatorError
+from rotator.net import require_tls
 from rotator.spec import DynamoDBLeaseSpec
 
 log = logging.getLogger("rotator.lease")
@@ -73,7 +72,7 @@ class DynamoDBLease:
         clock: Callable[[], float] = time.time,
     ) -> None:
         if spec.endpoint_url:
-            _check_endpoint(spec.table, spec.endpoint_url)
+            require_tls(f"lease table {spec.table}: endpoint_url", spec.endpoint_url)
         self.spec = spec
         self.table = spec.table
         self.ttl = spec.ttl.total_seconds()
@@ -266,17 +265,3 @@ def _build_client(spec: DynamoDBLeaseSpec) -> Any:
     return boto3.session.Session(region_name=spec.region).client(
         "dynamodb", config=config, endpoint_url=spec.endpoint_url
     )
-
-
-def _check_endpoint(table: str, url: str) -> None:
-    """Plain http only to a loopback address (a local emulator); https anywhere else."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ConfigError(
-            f"lease table {table}: endpoint_url: only https, or plain http to a loopback address, is allowed"
-        )
