@@ -229,6 +229,21 @@ class GcpStore:
             self._call("disable version", self._client.disable_secret_version,
                        name=f"{self._path}/versions/{number}")
 
+    def retire(self, key_id: str) -> list[int]:
+        """Disable every enabled version that holds ``key_id``, a key the vendor has revoked,
+        except the current and pending ones. Returns the version numbers disabled."""
+        view = self._observe()
+        if view is None:
+            return []
+        done = []
+        for number, stamp in sorted(view.stamps.items()):
+            if (stamp.key_id == key_id and view.states.get(number) == _ENABLED
+                    and number not in (view.current, view.pending)):
+                self._call("disable version", self._client.disable_secret_version,
+                           name=f"{self._path}/versions/{number}")
+                done.append(number)
+        return done
+
     # ------------------------------------------------------------------ observing
 
     def _observe(self) -> _View | None:

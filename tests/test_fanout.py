@@ -25,7 +25,7 @@ from rotator.engine.runner import Engine
 from rotator.engine.status import describe
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import GcpTarget, Settings, TargetSpec, load_rotation_file
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, read_dotenv_key
+from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key
 from tests.fakes.gcp_secret_manager import FakeSecretManager
 from tests.harnesses.vault import OpenBaoServer
 
@@ -175,6 +175,12 @@ def test_fan_out_to_four_stores_breaks_no_consumer(world: dict[str, Any]) -> Non
     new = {name: read() for name, read in readers.items()}
     assert len(set(new.values())) == 1 and set(new.values()) != set(old.values())
     assert not server.emulator.key_accepted(next(iter(old.values())))
+    retired = [e for e in journal(path.parent) if e["event"] == "retired"]
+    assert len(retired) == 1 and retired[0]["details"]["target"].startswith("gcp:")
+    (old_version,) = retired[0]["details"]["versions"]
+    gcp = world["gcp_server"].client()
+    name = retired[0]["details"]["target"].removeprefix("gcp:").replace("p/", "projects/p/secrets/", 1)
+    assert gcp.get_secret_version(name=f"{name}/versions/{old_version}").state.name == "DISABLED"
     for c in consumers:
         assert c.auth_failures == 0, c.name
         assert c.requests > 10, c.name

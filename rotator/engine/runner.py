@@ -494,7 +494,23 @@ class Engine:
         revoked = issuer.revoke(d.key_id)
         event = {"draining": "revoked", "revoked": "deleted"}.get(d.phase, "orphan-revoked")
         self.journal.append(event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason)
+        self._retire(key, revoked.id)
         faults.checkpoint("after-revoke", key)
+
+    def _retire(self, key: str, key_id: str) -> None:
+        """Stores that can (GCP) disable old versions holding a revoked key, so no consumer
+        pinned to one keeps a dead key. Best effort: the revoke itself already happened."""
+        for store in self.stores(key):
+            retire = getattr(store, "retire", None)
+            if retire is None:
+                continue
+            try:
+                versions = retire(key_id)
+            except StoreError as exc:
+                log.warning("%s: could not disable old versions in %s: %s", key, store.name, exc)
+                continue
+            if versions:
+                self.journal.append("retired", key=key, key_id=key_id, target=store.name, versions=versions)
 
     def _reset(self, key: str, d: Decision, attempt: str) -> None:
         """Cutover: a reset revokes the old key at once, so every store is checked first and
