@@ -34,6 +34,7 @@ The token's policy needs ``read``, ``create`` and ``update`` on both
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,15 @@ _MAX_KEYS = 64  # custom_metadata limits of Vault and OpenBao
 _MAX_VALUE = 512
 _MAX_STAMPS = 16  # ours, newest first; the rest of the 64 stay for the operators
 _TIMEOUT = 15
+
+
+def _one_line(errors: list[str] | None) -> str:
+    """Vault's error strings on one line: OpenBao wraps them as ``1 error occurred:\n\t* ...``."""
+    parts = []
+    for error in errors or []:
+        text = re.sub(r"^\s*\d+ errors? occurred:", "", str(error))
+        parts += [line.strip(" \t*") for line in text.splitlines() if line.strip(" \t*")]
+    return "; ".join(parts)
 
 
 def open_store(target: VaultTarget, *, base_dir: Path, client: Any | None = None) -> VaultStore:
@@ -342,12 +352,12 @@ class VaultStore:
         except hx.InvalidPath:
             raise StoreNotFound(self.name, f"cannot {action} it: not found") from None
         except (hx.Forbidden, hx.Unauthorized) as exc:
-            why = "; ".join(exc.errors or []) or "permission denied"
+            why = _one_line(exc.errors) or "permission denied"
             raise StoreAccessDenied(self.name, f"cannot {action} it: {why} (check the token's "
                                     f"policy for {self._api_path('data')} and "
                                     f"{self._api_path('metadata')})") from None
         except hx.InvalidRequest as exc:
-            why = "; ".join(exc.errors or []) or "bad request"
+            why = _one_line(exc.errors) or "bad request"
             if login:
                 raise StoreAccessDenied(self.name, f"cannot {action} it: {why}") from None
             if "check-and-set" in why:
@@ -355,10 +365,10 @@ class VaultStore:
             raise StoreError(self.name, f"cannot {action} it: {why}") from None
         except (hx.VaultDown, hx.InternalServerError, hx.BadGateway, hx.RateLimitExceeded,
                 hx.VaultNotInitialized) as exc:
-            why = "; ".join(exc.errors or []) or type(exc).__name__
+            why = _one_line(exc.errors) or type(exc).__name__
             raise StoreUnavailable(self.name, f"cannot {action} it: Vault answered {why}") from None
         except hx.VaultError as exc:
-            why = "; ".join(exc.errors or []) or type(exc).__name__
+            why = _one_line(exc.errors) or type(exc).__name__
             raise StoreError(self.name, f"cannot {action} it: {why}") from None
         except requests.exceptions.SSLError:
             raise StoreError(self.name, f"cannot {action} it: TLS verification of "

@@ -7,7 +7,8 @@ overlap (two keys may be active):
   2. an active key the rotator minted that no target holds, newer than every stored key,
      is an orphan (minted, then the process died before storing it): revoke it;
   3. the newest stored key the vendor still accepts is the desired one: stage it where it is
-     missing, then promote it where it is not current (the probe happens before promoting);
+     missing, then promote it where it is not current, or where a promote was cut short (the
+     probe happens before promoting);
   4. once it is current everywhere, an older active key drains: revoke it when its
      ``last_used_at`` has stayed before ``promoted_at + propagation`` for ``drain``; hold
      at ``timeout`` (or revoke if the file says ``on_timeout: revoke``);
@@ -50,7 +51,11 @@ def decide(obs: Observation) -> Decision:
     """The next step for ``obs.key``; see the module docstring for the rules."""
     broken = [t for t in obs.targets if t.state is None]
     if broken:
-        names = "; ".join(f"{t.name}: {t.error}" for t in broken)
+        # a store's own errors already start with its name
+        names = "; ".join(
+            t.error if t.error and t.error.startswith(f"{t.name}: ") else f"{t.name}: {t.error}"
+            for t in broken
+        )
         return Decision("fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}")
     if obs.strategy == "cutover":
         return _decide_cutover(obs)
@@ -92,6 +97,23 @@ def _holds(state: TargetState, fp: str) -> bool:
 
 def _is_current(state: TargetState, fp: str) -> bool:
     return state.current is not None and state.current.fingerprint == fp
+
+
+def _cut_short(state: TargetState, fp: str, attempt: str | None) -> bool:
+    """A promote of ``attempt`` that died half-way in this target: the value is current, but
+    still pending too, or current without its ``promoted_at``. Promoting again finishes it."""
+    if attempt is None:
+        return False
+    pending, current = state.pending, state.current
+    if pending is not None and pending.fingerprint == fp and pending.stamp is not None:
+        return pending.stamp.attempt == attempt
+    return (
+        current is not None
+        and current.fingerprint == fp
+        and current.stamp is not None
+        and current.stamp.attempt == attempt
+        and current.stamp.promoted_at is None
+    )
 
 
 def _stamped(version: StoredVersion, key: VendorKey) -> StoredVersion:
@@ -177,7 +199,11 @@ def _decide_overlap(obs: Observation) -> Decision:
         )
         return Decision("mint", "due", why)
 
-    new_key, new_version = max(live, key=lambda kv: kv[0].created_at)
+    # A copy stamped for the key beats an unstamped copy of the same key: a promote cut short
+    # (a file written, its stamp not yet) leaves the value current but unstamped in one target.
+    new_key, new_version = max(
+        live, key=lambda kv: (kv[0].created_at, kv[1].stamp is not None and kv[1].stamp.key_id == kv[0].id)
+    )
     fp = new_version.fingerprint
     missing = tuple(i for i, s in enumerate(states) if not _holds(s, fp))
     if missing:
@@ -189,7 +215,10 @@ def _decide_overlap(obs: Observation) -> Decision:
             version=_stamped(new_version, new_key),
             key_id=new_key.id,
         )
-    not_current = tuple(i for i, s in enumerate(states) if not _is_current(s, fp))
+    attempt = new_version.stamp.attempt if new_version.stamp is not None else None
+    not_current = tuple(
+        i for i, s in enumerate(states) if not _is_current(s, fp) or _cut_short(s, fp, attempt)
+    )
     promoted = [
         s.current.stamp.promoted_at
         for s in states
