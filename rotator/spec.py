@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 from pydantic_core import ErrorDetails
@@ -287,32 +288,46 @@ class RotationFile(_Model):
     keys: dict[str, KeySpec] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _references(self) -> RotationFile:
+    def _references(self, info: ValidationInfo) -> RotationFile:
+        if not (info.context or {}).get("defer_references"):
+            for path, message in self.reference_problems():
+                raise ValueError(f"{'.'.join(path)}: {message}")
+        return self
+
+    def reference_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """Problems that span sections (a key naming an undeclared issuer, ...), each with the
+        path of the field at fault, so the loader can point at its line."""
+        out: list[tuple[tuple[str, ...], str]] = []
         iam_keys: dict[str, str] = {}
         for name, key in self.keys.items():
             if key.issuer not in self.issuers:
                 known = ", ".join(sorted(self.issuers))
-                raise ValueError(f"keys.{name}.issuer: unknown issuer {key.issuer!r} (declared: {known})")
+                out.append((("keys", name, "issuer"), f"unknown issuer {key.issuer!r} (declared: {known})"))
+                continue
             issuer = self.issuers[key.issuer]
             if isinstance(issuer, AdjutorIssuerSpec):
                 if key.strategy == "overlap":
-                    raise ValueError(
-                        f"keys.{name}.strategy: overlap is impossible on a reset-only vendor "
-                        "(adjutor); use cutover"
+                    out.append(
+                        (
+                            ("keys", name, "strategy"),
+                            "overlap is impossible on a reset-only vendor (adjutor); use cutover",
+                        )
                     )
                 if key.kind is not None:
-                    raise ValueError(f"keys.{name}.kind: adjutor keys have no kind")
+                    out.append((("keys", name, "kind"), "adjutor keys have no kind"))
             if isinstance(issuer, AwsIamIssuerSpec):
-                _check_aws_iam_key(name, key, iam_keys.setdefault(key.issuer, name))
+                out += _aws_iam_key_problems(name, key, iam_keys.setdefault(key.issuer, name))
+            if key.schedule is not None:
+                try:
+                    _check_cron(key.schedule)
+                except ValueError as exc:
+                    out.append((("keys", name, "schedule"), str(exc)))
         for name, issuer in self.issuers.items():
             if isinstance(issuer, AdjudonIssuerSpec) and isinstance(issuer.credential, KeyRef):
                 ref = issuer.credential.key
                 if ref not in self.keys:
-                    raise ValueError(f"issuers.{name}.credential.key: no key named {ref!r} is declared")
-        for name, key in self.keys.items():
-            if key.schedule is not None:
-                _check_cron(f"keys.{name}.schedule", key.schedule)
-        return self
+                    out.append((("issuers", name, "credential", "key"), f"no key named {ref!r} is declared"))
+        return out
 
     def strategy(self, key: str) -> Literal["overlap", "cutover"]:
         """The strategy a key uses: cutover is forced for reset-only vendors."""
@@ -331,21 +346,31 @@ class RotationFile(_Model):
 _IAM_TAG_SAFE = re.compile(r"[\w .:/=+@-]{1,200}")
 
 
-def _check_aws_iam_key(name: str, key: KeySpec, first: str) -> None:
+def _aws_iam_key_problems(name: str, key: KeySpec, first: str) -> list[tuple[tuple[str, ...], str]]:
+    out: list[tuple[tuple[str, ...], str]] = []
     if key.kind is not None:
-        raise ValueError(f"keys.{name}.kind: aws_iam keys have no kind")
+        out.append((("keys", name, "kind"), "aws_iam keys have no kind"))
     if key.strategy == "cutover":
-        raise ValueError(f"keys.{name}.strategy: aws_iam keys rotate with overlap (two access keys per user)")
+        out.append(
+            (("keys", name, "strategy"), "aws_iam keys rotate with overlap (two access keys per user)")
+        )
     if first != name:
-        raise ValueError(
-            f"keys.{name}.issuer: issuer {key.issuer!r} already serves key {first!r}; "
-            "an aws_iam issuer is one IAM user, whose keys are one key"
+        out.append(
+            (
+                ("keys", name, "issuer"),
+                f"issuer {key.issuer!r} already serves key {first!r}; "
+                "an aws_iam issuer is one IAM user, whose keys are one key",
+            )
         )
     if not _IAM_TAG_SAFE.fullmatch(name):
-        raise ValueError(
-            f"keys.{name}: an aws_iam key's name is kept in an IAM tag: at most 200 letters, "
-            "digits, spaces and _ . : / = + - @"
+        out.append(
+            (
+                ("keys", name),
+                "an aws_iam key's name is kept in an IAM tag: at most 200 letters, "
+                "digits, spaces and _ . : / = + - @",
+            )
         )
+    return out
 
 
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -399,16 +424,16 @@ def cron_trigger(expr: str) -> Any:
     )
 
 
-def _check_cron(where: str, expr: str) -> None:
+def _check_cron(expr: str) -> None:
     from datetime import UTC, datetime
 
     try:
         trigger = cron_trigger(expr)
     except ValueError as exc:
-        raise ValueError(f"{where}: {expr!r} is not a 5-field cron expression ({exc})") from None
+        raise ValueError(f"{expr!r} is not a 5-field cron expression ({exc})") from None
     # "0 0 31 2 *" parses, then never fires: the key would silently rotate on max_age alone
     if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
-        raise ValueError(f"{where}: {expr!r} never fires (no date matches it)")
+        raise ValueError(f"{expr!r} never fires (no date matches it)")
 
 
 # --------------------------------------------------------------------------- loading
@@ -459,8 +484,7 @@ def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int], source: str)
     # pydantic puts the discriminator tag ("file", "aws"...) into loc for union members: drop it
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
     path = ".".join(str(p) for p in loc) or "(top level)"
-    line = _nearest_line(lines, loc)
-    where = f"{source}:{line}" if line else source
+    where = _where(lines, loc, source)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -490,13 +514,24 @@ def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFi
         raise ConfigError(f"{source}: the rotation file must be a mapping with version, issuers, keys")
     lines = _line_index(node)
     try:
-        return RotationFile.model_validate(data)
+        spec = RotationFile.model_validate(data, context={"defer_references": True})
     except ValidationError as exc:
         problems = [_describe(e, lines, source) for e in exc.errors()]
-        noun = "problem" if len(problems) == 1 else "problems"
-        raise ConfigError(
-            f"{source}: {len(problems)} {noun}:\n  " + "\n  ".join(problems), problems
-        ) from None
+    else:
+        problems = [
+            f"{_where(lines, path, source)}: {'.'.join(path)}: {message}"
+            for path, message in spec.reference_problems()
+        ]
+        if not problems:
+            return spec
+    if len(problems) == 1:
+        raise ConfigError(problems[0], problems)
+    raise ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems), problems)
+
+
+def _where(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...], source: str) -> str:
+    line = _nearest_line(lines, path)
+    return f"{source}:{line}" if line else source
 
 
 def load_rotation_file(path: Path) -> RotationFile:
@@ -507,6 +542,8 @@ def load_rotation_file(path: Path) -> RotationFile:
         raise ConfigError(f"{path}: no such rotation file (use -f or ROTATOR_FILE)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the rotation file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_rotation_file(text, str(path))
 
 

@@ -295,7 +295,6 @@ def test_missing_rotation_file(tmp_path: Path, cli: Any) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="the loader lets UnicodeDecodeError through (exit 1); see the report")
 def test_rotation_file_not_utf8(tmp_path: Path, cli: Any) -> None:
     """A rotation file that is not UTF-8 text is invalid (exit 2), not an unexpected error."""
     path = tmp_path / "rotations.yaml"

@@ -73,7 +73,7 @@ def test_design_example_parses() -> None:
             ("region: eu-west-1}", "region: eu-west-1, colour: red}"),
             "r.yaml:35: keys.lendsqr-app.targets.0.colour: unknown field",
         ),
-        (("issuer: lendsqr\n", "issuer: nobody\n"), "unknown issuer 'nobody'"),
+        (("issuer: lendsqr\n", "issuer: nobody\n"), "r.yaml:33: keys.lendsqr-app.issuer: unknown issuer 'nobody'"),
         (
             (
                 "    targets:\n      - {type: aws, secret_id: prod/lendsqr",
@@ -95,7 +95,7 @@ def test_design_example_parses() -> None:
         ),
         (
             ("credential: {key: adjudon-admin}", "credential: {key: nobody}"),
-            "no key named 'nobody'",
+            "r.yaml:10: issuers.adjudon-prod.credential.key: no key named 'nobody'",
         ),
         (("    agent_id: payments\n", ""), "kind agent needs an agent_id"),
         (("version: 1", "version: 2"), "r.yaml:1: version"),
@@ -201,3 +201,17 @@ def test_bad_cron_expressions(expr: str) -> None:
     """A malformed schedule is a ConfigError naming the field."""
     text = GOOD.replace('schedule: "0 3 * * MON"', f'schedule: "{expr}"')
     assert "keys.payments.schedule" in _error(text)
+
+
+def test_one_problem_is_one_line() -> None:
+    """A single problem is reported as one line, starting with the file and line."""
+    message = _error(GOOD.replace('schedule: "0 3 * * MON"', 'schedule: "0 0 31 2 *"'))
+    assert message == "r.yaml:25: keys.payments.schedule: '0 0 31 2 *' never fires (no date matches it)"
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    """A rotation file that is not UTF-8 is a ConfigError, not an unexpected crash."""
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"version: 1\nkeys: \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_rotation_file(path)
