@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from providers._json import json_object
 from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
 from rotator.aws_session import make_session
 from rotator.errors import (
@@ -215,7 +216,7 @@ class AwsStore:
                 version_id, base = self._get(CURRENT, "stage")
                 if expected is not None and version_id != view.labelled(CURRENT):
                     raise StoreConflict(self._name, "stage: the secret changed since it was read")
-                data = self._json_map(base, "stage")
+                data = json_object(base, self._name, "stage")
             data[self.target.field] = text
             text = json.dumps(data, separators=(",", ":"))
         with translated(self._name, "stage", conflict={"ResourceExistsException"}):
@@ -315,21 +316,12 @@ class AwsStore:
         version_id, text = self._get(label, "read")
         value: str | None = text
         if self.target.field:
-            value = self._json_map(text, "read").get(self.target.field)
+            value = json_object(text, self._name, "read").get(self.target.field)
             if value is not None and not isinstance(value, str):
                 raise StoreFormatError(self._name, f"read: {self.target.field!r} is not a string")
         if value is None:
             return version_id, None
         return version_id, StoredVersion(version_id, Secret(value), view.stamp(version_id))
-
-    def _json_map(self, text: str, action: str) -> dict[str, Any]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise StoreFormatError(self._name, f"{action}: the secret is not a JSON object")
-        return data
 
     def _prune(self, view: _View, keep: set[str], action: str) -> None:
         """Remove the stamps of versions that no longer hold a label worth stamping."""

@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from providers._json import json_object
 from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
     StoreAccessDenied,
@@ -219,14 +220,7 @@ class FileStore:
     def _json_map(self, text: str) -> dict[str, Any]:
         if not text.strip():
             return {}  # an empty (e.g. just touched) file is an empty map
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            where = f"line {exc.lineno} column {exc.colno}"
-            raise StoreFormatError(self._name, f"not valid JSON ({where})") from None
-        if not isinstance(data, dict):
-            raise StoreFormatError(self._name, f"JSON is a {type(data).__name__}, not an object")
-        return data
+        return json_object(text, self._name, "the file")
 
     def _decode(self, data: bytes, what: str) -> str:
         try:

@@ -49,6 +49,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from providers._json import json_object
 from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
     StoreAccessDenied,
@@ -290,19 +291,10 @@ class GcpStore:
         """The key held in ``text``: the whole text, or the target's field of a JSON object."""
         if not self.target.field:
             return text
-        held = self._json(text, number).get(self.target.field)
+        held = json_object(text, self.name, f"version {number}").get(self.target.field)
         if held is not None and not isinstance(held, str):
             raise StoreFormatError(self.name, f"version {number}: field is not a string")
         return held
-
-    def _json(self, text: str, number: int) -> dict[str, Any]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise StoreFormatError(self.name, f"version {number} is not a JSON object")
-        return data
 
     def _stored(self, view: _View, number: int | None) -> StoredVersion | None:
         if number is None:
@@ -335,7 +327,7 @@ class GcpStore:
         if not self.target.field:
             return value.reveal()
         number = base if base is not None else view.current
-        data = self._json(self._access(number), number) if number else {}
+        data = json_object(self._access(number), self.name, f"version {number}") if number else {}
         data[self.target.field] = value.reveal()
         return json.dumps(data)
 
