@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -458,3 +458,23 @@ def _translate(where: str, status: int, info: _ErrorInfo) -> VendorError:
     if 400 <= status < 500:
         return VendorRejected(detail, status=status, code=info.code)
     return VendorProtocolError(f"{detail}: unexpected status", status=status, code=info.code)
+
+
+class HTTPIssuer:
+    """What the HTTP vendors' issuers share: their name, one :class:`VendorHTTP`, closing it."""
+
+    _name: str
+    _http: VendorHTTP
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -20,7 +20,7 @@ import httpx
 from rotator.abc import Activity, Capabilities, KeyStatus, Minted, VendorKey, format_time
 from rotator.errors import ConfigError, VendorAuthError, VendorProtocolError
 from rotator.secret import Secret
-from rotator.vendors._http import Obj, Reply, RetryPolicy, VendorHTTP
+from rotator.vendors._http import HTTPIssuer, Obj, Reply, RetryPolicy, VendorHTTP
 
 PREFIX_LEN = 13
 KEY_FORMATS: Mapping[str, re.Pattern[str]] = {
@@ -52,7 +52,7 @@ class ChainReport:
     traces_by_key: Mapping[str, int] = field(default_factory=dict)
 
 
-class AdjudonIssuer:
+class AdjudonIssuer(HTTPIssuer):
     """The keys of one Adjudon scope, managed with a workspace key.
 
     ``credential`` is called for every request, so the engine can switch the
@@ -85,21 +85,8 @@ class AdjudonIssuer:
         )
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(max_active=2, overlap=True, prefix_len=PREFIX_LEN)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> AdjudonIssuer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- the Issuer protocol
 

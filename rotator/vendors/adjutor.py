@@ -19,7 +19,7 @@ import httpx
 from rotator.abc import Activity, Capabilities, Minted, VendorKey
 from rotator.errors import VendorAuthError, VendorNotFound, VendorProtocolError, VendorRejected
 from rotator.secret import Secret
-from rotator.vendors._http import Obj, Reply, RetryPolicy, VendorHTTP
+from rotator.vendors._http import HTTPIssuer, Obj, Reply, RetryPolicy, VendorHTTP
 
 PREFIX_LEN = 12
 KEY_FORMAT = re.compile(r"sk_live_[A-Za-z0-9]{40}")
@@ -33,7 +33,7 @@ class _App:
     last_used_at: datetime | None
 
 
-class AdjutorIssuer:
+class AdjutorIssuer(HTTPIssuer):
     """The one key of an Adjútor app; ``credential`` yields the app's current key."""
 
     def __init__(
@@ -57,21 +57,8 @@ class AdjutorIssuer:
         )
 
     @property
-    def name(self) -> str:
-        return self._name
-
-    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(max_active=1, overlap=False, prefix_len=PREFIX_LEN)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> AdjutorIssuer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def key_id(self, prefix: str) -> str:
         """The rotator's id of the app's key with ``prefix``."""
