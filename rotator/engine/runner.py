@@ -1,4 +1,4 @@
-"""One reconcile pass: for each key, under its lease, observe -> decide -> act until the
+"""One reconcile pass: for each key, under its lease, observe -> decide -> act (act.py) until the
 decision is to wait, hold, fail or rest. Every step is written to the audit journal."""
 
 from __future__ import annotations
@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,21 +13,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Issuer, SecretStore, Stamp, TargetState, format_time
+from rotator.abc import Issuer, SecretStore, TargetState
 from rotator.audit import Journal
-from rotator.engine import faults
-from rotator.engine.decide import decide, show
+from rotator.engine.act import Actor
+from rotator.engine.decide import decide
 from rotator.engine.lease import FileLease, Lease
-from rotator.engine.model import Decision, Observation, TargetObs, attempt_name
+from rotator.engine.model import Decision, Observation, TargetObs
 from rotator.errors import (
     Held,
-    KeyLimitReached,
     LeaseBusy,
     RotatorError,
     StoreError,
     VendorAuthError,
-    VendorError,
-    VendorOutcomeUnknown,
 )
 from rotator.secret import Secret
 from rotator.spec import (
@@ -110,6 +105,7 @@ class Engine:
         self._stores: dict[str, list[SecretStore]] = {}
         self._issuers: dict[str, Issuer] = {}
         self._credentials: dict[str, Secret] = {}
+        self._actor = Actor(self)
         self.stopping = threading.Event()
         """Set it (e.g. on SIGTERM) to finish the step in hand and end the pass."""
 
@@ -362,7 +358,7 @@ class Engine:
                     continue
                 if decision.terminal or decision.action in stop_before:
                     break
-                self._act(key, decision, attempt)
+                self._actor.act(key, decision, attempt)
                 steps.append(decision.action)
                 if decision.action in ("mint", "reset"):
                     force = False  # a requested rotation is served once
@@ -385,179 +381,6 @@ class Engine:
         now = self.clock()
         pause = 1.0 if until is None else (until - now).total_seconds()
         self.stopping.wait(min(max(pause, 0.05), 1.0))
-
-    # ------------------------------------------------------------------ act
-
-    def _act(self, key: str, d: Decision, attempt: str | None) -> None:
-        if d.action == "mint":
-            self._mint(key, d, attempt or str(uuid.uuid4()))
-        elif d.action == "reset":
-            self._reset(key, d, attempt or str(uuid.uuid4()))
-        else:
-            {"stage": self._stage, "promote": self._promote, "revoke": self._revoke}[d.action](key, d)
-
-    def _mint(self, key: str, d: Decision, attempt: str) -> None:
-        issuer, stores = self.issuer(key), self.stores(key)
-        try:
-            minted = issuer.mint(attempt_name(key, attempt))
-        except KeyLimitReached as exc:
-            raise Held(
-                f"the vendor says two keys are already active ({exc}); a rotation is in flight "
-                "elsewhere: not minting around it"
-            ) from None
-        k = minted.key
-        self.journal.append(
-            "minted",
-            key=key,
-            attempt=attempt,
-            key_id=k.id,
-            prefix=k.prefix,
-            fingerprint=minted.value.fingerprint,
-            reason=d.reason,
-        )
-        faults.checkpoint("after-mint", key)
-        first = stores[0]
-        first.stage(minted.value, Stamp(k.id, minted.value.fingerprint, attempt), expected=None)
-        self.journal.append("staged", key=key, attempt=attempt, key_id=k.id, targets=[first.name])
-        faults.checkpoint("after-stage-first", key)
-
-    def _stage(self, key: str, d: Decision) -> None:
-        assert d.version is not None and d.version.stamp is not None
-        stores = self.stores(key)
-        states = {i: stores[i].read() for i in d.targets}
-        version, stamp = d.version, d.version.stamp
-        cutover = self.spec.strategy(key) == "cutover"
-
-        def write(i: int) -> None:
-            stores[i].stage(version.value, stamp, expected=states[i].revision)
-            if cutover:  # a reset vendor's key is already live: no reason to keep it pending
-                stores[i].promote(stamp.attempt, self.clock())
-
-        _run_all(write, d.targets)
-        names = [stores[i].name for i in d.targets]
-        self.journal.append(
-            "promoted" if cutover else "staged",
-            key=key,
-            attempt=stamp.attempt,
-            key_id=stamp.key_id,
-            fingerprint=stamp.fingerprint,
-            targets=names,
-        )
-        if cutover:
-            self._forget_credential(key)
-        faults.checkpoint("after-stage", key)
-
-    def _probe(self, key: str, value: Secret, what: str) -> None:
-        issuer = self.issuer(key)
-        deadline = time.monotonic() + self.settings.probe_timeout
-        delay = 0.2
-        while not issuer.probe(value):
-            if time.monotonic() >= deadline:
-                raise Held(
-                    f"{what}: the vendor rejects the new key (fingerprint {value.fingerprint}) "
-                    f"after {self.settings.probe_timeout:.0f}s of probing; the old key keeps serving"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    def _promote(self, key: str, d: Decision) -> None:
-        assert d.version is not None and d.version.stamp is not None and d.promoted_at is not None
-        stamp = d.version.stamp
-        self._probe(key, d.version.value, "not promoting")
-        stores = self.stores(key)
-        when = d.promoted_at
-        _run_all(lambda i: stores[i].promote(stamp.attempt, when), d.targets)
-        self._forget_credential(key)
-        self.journal.append(
-            "promoted",
-            key=key,
-            attempt=stamp.attempt,
-            key_id=stamp.key_id,
-            fingerprint=stamp.fingerprint,
-            promoted_at=format_time(when),
-            targets=[stores[i].name for i in d.targets],
-        )
-        faults.checkpoint("after-promote", key)
-
-    def _revoke(self, key: str, d: Decision) -> None:
-        assert d.key_id is not None
-        issuer = self.issuer(key)
-        if d.phase == "draining":
-            # invariant 1: the new key works and every target reads it back before any revoke
-            current = [s.read().current for s in self.stores(key)]
-            fps = {c.fingerprint if c else None for c in current}
-            if len(fps) != 1 or None in fps:
-                raise Held("not revoking: the targets no longer agree on the current key")
-            value = current[0]
-            assert value is not None
-            self._probe(key, value.value, "not revoking the old key")
-        revoked = issuer.revoke(d.key_id)
-        event = {"draining": "revoked", "revoked": "deleted"}.get(d.phase, "orphan-revoked")
-        self.journal.append(event, key=key, key_id=revoked.id, prefix=revoked.prefix, reason=d.reason)
-        self._retire(key, revoked.id)
-        faults.checkpoint("after-revoke", key)
-
-    def _retire(self, key: str, key_id: str) -> None:
-        """Stores that can (GCP) disable old versions holding a revoked key, so no consumer
-        pinned to one keeps a dead key. Best effort: the revoke itself already happened."""
-        for store in self.stores(key):
-            retire = getattr(store, "retire", None)
-            if retire is None:
-                continue
-            try:
-                versions = retire(key_id)
-            except StoreError as exc:
-                log.warning("%s: could not disable old versions in %s: %s", key, store.name, exc)
-                continue
-            if versions:
-                self.journal.append("retired", key=key, key_id=key_id, target=store.name, versions=versions)
-
-    def _reset(self, key: str, d: Decision, attempt: str) -> None:
-        """Cutover: a reset revokes the old key at once, so every store is checked first and
-        the new value is written to the first store the moment it arrives."""
-        stores, issuer = self.stores(key), self.issuer(key)
-        current = self._credential(key)
-        _run_all(lambda i: stores[i].check_access(), range(len(stores)))
-        self.journal.append("reset-started", key=key, attempt=attempt, old_key_id=d.key_id)
-        faults.checkpoint("before-reset", key)
-        try:
-            minted = issuer.mint(attempt_name(key, attempt), current=current)
-        except VendorOutcomeUnknown as exc:
-            raise Held(
-                f"the reset of attempt {attempt} may have reached the vendor but its answer was lost "
-                f"({exc}); the old key may already be revoked. Check the app in the vendor's "
-                "console: if its key prefix changed, reset it there and give the new key once "
-                "through `bootstrap: {env: NAME}`; then run `rotator apply`"
-            ) from None
-        started = time.monotonic()
-        faults.checkpoint("after-reset", key)
-        k, value = minted.key, minted.value
-        stamp = Stamp(k.id, value.fingerprint, attempt)
-        now = self.clock()
-
-        def write(i: int) -> None:
-            stores[i].stage(value, stamp, expected=None)
-            stores[i].promote(attempt, now)
-
-        write(0)
-        first_write = time.monotonic() - started
-        _run_all(write, range(1, len(stores)))
-        window = time.monotonic() - started
-        self._forget_credential(key)
-        self.journal.append(
-            "reset",
-            key=key,
-            attempt=attempt,
-            key_id=k.id,
-            prefix=k.prefix,
-            fingerprint=value.fingerprint,
-            first_write_s=round(first_write, 3),
-            window_s=round(window, 3),
-            targets=[s.name for s in stores],
-        )
-        self._probe(key, value, "reset done but")
-        self.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
-        log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)
 
 
 def make_lease(spec: RotationFile, state_dir: Path) -> Lease:
@@ -582,24 +405,3 @@ def _read_target(store: SecretStore) -> TargetObs:
     except StoreError as exc:
         return TargetObs(store.name, None, str(exc))
     return TargetObs(store.name, state)
-
-
-def _run_all(fn: Callable[[int], object], indices: Sequence[int] | range) -> None:
-    """Run ``fn`` on every index in parallel; raise the first error after all have finished."""
-    items = list(indices)
-    if len(items) <= 1:
-        for i in items:
-            fn(i)
-        return
-    errors: list[BaseException] = []
-
-    def guarded(i: int) -> None:
-        try:
-            fn(i)
-        except (StoreError, VendorError, RotatorError) as exc:
-            errors.append(exc)
-
-    with ThreadPoolExecutor(max_workers=len(items)) as pool:
-        list(pool.map(guarded, items))
-    if errors:
-        raise errors[0]
