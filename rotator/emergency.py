@@ -113,7 +113,7 @@ def run_emergency(
 
         if reset_vendor:
             result = engine.reconcile_locked(key, force=True)
-            _revoked(report, engine, key, leaked, t0)
+            _revoked(report, engine, key, leaked, t0, at=engine.last_reset.get(key))
         elif serve_first:
             result = engine.reconcile_locked(key, force=True, stop_before=("revoke",))
             if result.outcome in ("ok", "waiting"):  # the new key is current everywhere
@@ -138,8 +138,11 @@ def run_emergency(
     return report
 
 
-def _revoked(report: EmergencyReport, engine: Engine, key: str, leaked: VendorKey, t0: float) -> None:
-    report.time_to_revoke_s = round(time.monotonic() - t0, 3)
+def _revoked(
+    report: EmergencyReport, engine: Engine, key: str, leaked: VendorKey, t0: float, at: float | None = None
+) -> None:
+    """Record the revoke; ``at`` is when it happened if earlier than now (a reset's answer)."""
+    report.time_to_revoke_s = round((at if at is not None else time.monotonic()) - t0, 3)
     report.revoked_at = format_time(engine.clock())
     engine.journal.append(
         "emergency-revoked",

@@ -110,9 +110,11 @@ keys:
     issuer: lendsqr
     targets: [{{type: file, path: app.key}}]
 """)
-    proc = run_cli("emergency", "app", "--reason", "leak", cwd=tmp_path, env=FAST_ENV)
+    proc = run_cli("emergency", "app", "--reason", "leak", "--output", "json", cwd=tmp_path, env=FAST_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "(reset)" in proc.stdout
+    report = json.loads(proc.stdout)
+    assert report["order"] == "reset"
+    assert 0 < report["time_to_revoke_s"] < report["total_s"]  # the reset's answer, not the store writes
     new = (tmp_path / "app.key").read_text().strip()
     assert not emulator.emulator.key_accepted(raw) and emulator.emulator.key_accepted(new)
 

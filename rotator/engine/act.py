@@ -184,6 +184,7 @@ class Actor:
                 "through `bootstrap: {env: NAME}`; then run `rotator apply`"
             ) from None
         started = time.monotonic()
+        self.engine.last_reset[key] = started  # the vendor revoked the old key when it answered
         faults.checkpoint("after-reset", key)
         k, value = minted.key, minted.value
         stamp = Stamp(k.id, value.fingerprint, attempt)

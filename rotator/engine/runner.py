@@ -106,6 +106,9 @@ class Engine:
         self._issuers: dict[str, Issuer] = {}
         self._credentials: dict[str, Secret] = {}
         self._actor = Actor(self)
+        self.last_reset: dict[str, float] = {}
+        """Per key, ``time.monotonic()`` when the vendor answered the last reset (a reset
+        revokes the old key at that instant)."""
         self.stopping = threading.Event()
         """Set it (e.g. on SIGTERM) to finish the step in hand and end the pass."""
 

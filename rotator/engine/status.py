@@ -6,6 +6,7 @@ from typing import Any
 
 from rotator.engine.decide import when
 from rotator.engine.model import Decision, Observation
+from rotator.secret import Secret
 from rotator.spec import format_duration
 
 
@@ -22,7 +23,7 @@ def describe(obs: Observation, decision: Decision) -> dict[str, Any]:
                     None
                     if v is None
                     else {
-                        "prefix": v.value.prefix(n) + "…",
+                        "prefix": _prefix(obs, v.value, n),
                         "fingerprint": v.fingerprint,
                         "attempt": v.stamp.attempt if v.stamp else None,
                         "promoted_at": when(v.stamp.promoted_at) if v.stamp and v.stamp.promoted_at else None,
@@ -68,3 +69,13 @@ def _newest(targets: list[dict[str, Any]]) -> str | None:
     if not stamped:
         return None
     return str(max(stamped, key=lambda c: c["promoted_at"])["fingerprint"])
+
+
+def _prefix(obs: Observation, value: Secret, n: int) -> str:
+    """The vendor's prefix of the key a stored value is (for IAM, the access key id, not the
+    start of a JSON text); the value's first characters when the vendor does not know it."""
+    owners = (obs.owners or {}).get(value.fingerprint, ())
+    for k in obs.vendor:
+        if k.id in owners:
+            return k.prefix + "…"
+    return value.prefix(n) + "…"
