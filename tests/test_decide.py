@@ -267,3 +267,12 @@ def test_inactive_key_deleted_before_minting() -> None:
     base = obs([vkey(1), _inactive(2, T0)], state, force=True)
     d = decide(Observation(**{**base.__dict__, "delete_after": timedelta(days=7)}))
     assert (d.action, d.key_id) == ("revoke", "key_2")
+
+
+def test_stage_carries_the_observed_revisions() -> None:
+    """A stage decision names each target's revision as seen, so a later write is a conflict."""
+    new = vkey(2, created=T0 + timedelta(hours=1), ours="b")
+    staged = TargetState(version(1, promoted=T0), version(2, attempt="b"), revision="r0")
+    behind = TargetState(version(1, promoted=T0), None, revision="r1")
+    d = decide(obs([vkey(1), new], [staged, behind]))
+    assert (d.action, d.targets, d.revisions) == ("stage", (1,), ("r1",))

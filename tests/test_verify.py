@@ -171,3 +171,28 @@ def test_lost_lease_stops_between_steps(
     assert (result.outcome, result.steps) == ("failed", [])
     assert "lost the lease" in result.message
     assert agent_keys(emulator) == []
+
+
+def test_write_between_decision_and_stage_is_a_conflict(
+    tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer changes a target after the pass observed it: the stage fails as a conflict
+    instead of overwriting, the old key keeps serving, and the next pass converges."""
+    monkeypatch.setenv(ADMIN_ENV, emulator.emulator.bootstrap_workspace_key())
+    path = write_spec(tmp_path, emulator, drain="0s", propagation="0s", targets=2)
+    engine = Engine(load_rotation_file(path), base_dir=tmp_path, settings=FAST)
+    engine.apply(["payments"])
+    old = read_dotenv_key(tmp_path / "secrets/a.env")
+    target = tmp_path / "secrets/b.json"
+
+    def meddle(key: str, decision: Decision) -> None:
+        if decision.action == "stage":  # an operator adds a field to b.json at this instant
+            target.write_text(target.read_text().replace("{", '{"region": "eu", ', 1))
+
+    failed = engine.apply(["payments"], force=True, progress=meddle)[0]
+    assert failed.outcome == "failed" and "b.json" in failed.message
+    assert old is not None and emulator.emulator.key_accepted(old)
+    done = engine.apply(["payments"], wait=True)[0]
+    assert done.outcome == "ok", done.message
+    assert '"region": "eu"' in target.read_text()  # the other writer's change survived
+    assert read_dotenv_key(tmp_path / "secrets/a.env") != old

@@ -76,12 +76,13 @@ class Actor:
     def _stage(self, key: str, d: Decision) -> None:
         assert d.version is not None and d.version.stamp is not None
         stores = self.engine.stores(key)
-        states = {i: stores[i].read() for i in d.targets}
+        # the revisions the decision was made on: a write since then is a conflict, not lost
+        expected = dict(zip(d.targets, d.revisions or (None,) * len(d.targets), strict=True))
         version, stamp = d.version, d.version.stamp
         cutover = self.engine.spec.strategy(key) == "cutover"
 
         def write(i: int) -> None:
-            stores[i].stage(version.value, stamp, expected=states[i].revision)
+            stores[i].stage(version.value, stamp, expected=expected[i])
             if cutover:  # a reset vendor's key is already live: no reason to keep it pending
                 stores[i].promote(stamp.attempt, self.engine.clock())
 

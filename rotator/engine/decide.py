@@ -91,6 +91,11 @@ def _matches(obs: Observation, value: Secret, key: VendorKey) -> bool:
     return key.id in obs.owners.get(value.fingerprint, ())
 
 
+def _revisions(states: list[TargetState], targets: tuple[int, ...]) -> tuple[str | None, ...]:
+    """The revisions the decision saw, so a write made since is caught as a conflict."""
+    return tuple(states[i].revision for i in targets)
+
+
 def _holds(state: TargetState, fp: str) -> bool:
     return any(v.fingerprint == fp for v in _versions(state))
 
@@ -212,6 +217,7 @@ def _decide_overlap(obs: Observation) -> Decision:
             "minted",
             f"{show(new_key)} is not yet staged in {len(missing)} target(s)",
             targets=missing,
+            revisions=_revisions(states, missing),
             version=_stamped(new_version, new_key),
             key_id=new_key.id,
         )
@@ -356,6 +362,7 @@ def _decide_cutover(obs: Observation) -> Decision:
             "reset",
             f"adopting {show(current)} from bootstrap",
             targets=tuple(range(len(states))),
+            revisions=_revisions(states, tuple(range(len(states)))),
             version=_stamped(boot, current),
             key_id=current.id,
         )
@@ -370,6 +377,7 @@ def _decide_cutover(obs: Observation) -> Decision:
             "reset",
             f"{show(current)} is not yet current in {len(lagging)} target(s)",
             targets=lagging,
+            revisions=_revisions(states, lagging),
             version=_stamped(version, current),
             key_id=current.id,
         )

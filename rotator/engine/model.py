@@ -82,6 +82,8 @@ class Decision:
     phase: Phase
     reason: str
     targets: tuple[int, ...] = ()
+    revisions: tuple[str | None, ...] = ()
+    """For a stage: each target's revision as observed, in ``targets`` order."""
     version: StoredVersion | None = None
     key_id: str | None = None
     until: datetime | None = None
