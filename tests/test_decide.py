@@ -276,3 +276,11 @@ def test_stage_carries_the_observed_revisions() -> None:
     behind = TargetState(version(1, promoted=T0), None, revision="r1")
     d = decide(obs([vkey(1), new], [staged, behind]))
     assert (d.action, d.targets, d.revisions) == ("stage", (1,), ("r1",))
+
+
+def test_no_mint_over_an_unaccounted_pending_copy() -> None:
+    """A pending copy of the live key that no attempt of ours explains holds instead of minting."""
+    unstamped = version(1, attempt=None)
+    d = decide(obs([vkey(1)], [TargetState(version(1, promoted=T0), unstamped)], force=True))
+    assert d.action == "hold"
+    assert "pending copy" in d.reason

@@ -274,6 +274,21 @@ def _decide_overlap(obs: Observation) -> Decision:
                 "and the rotator never promoted either; revoke it by hand or run `rotator rotate`",
             )
         return _drain(obs, new_key, min(others, key=lambda k: k.created_at), min(promoted))
+    leftover = [
+        obs.targets[i].name
+        for i, s in enumerate(states)
+        if s.pending is not None
+        and (k := _key_for(obs, s.pending.value, s.pending.stamp)) is not None
+        and k.active
+    ]
+    if leftover and _due_reason(obs, new_key) is not None:
+        # never mint while a store still holds an unresolved pending version of a live key
+        return Decision(
+            "hold",
+            "held",
+            f"{', '.join(leftover)} still hold(s) a pending copy of {show(new_key)} that no promote "
+            "of the rotator accounts for; remove that pending version by hand, then run `rotator apply`",
+        )
     return _steady(obs, new_key, "mint")
 
 
