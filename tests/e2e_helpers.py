@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +81,23 @@ def agent_keys(server: EmulatorServer, *, active: bool | None = None) -> list[di
     if active is None:
         return keys
     return [k for k in keys if (k["status"] == "active") == active]
+
+
+class FakeClock:
+    """A settable UTC clock for the engine and the emulator: every reading moves it on by a
+    millisecond (so times differ), and :meth:`sleep` advances it instead of sleeping."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
+        self.slept = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            self.now += timedelta(milliseconds=1)
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += timedelta(seconds=seconds)
+            self.slept += seconds

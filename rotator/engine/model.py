@@ -46,6 +46,8 @@ class TargetObs:
     name: str
     state: TargetState | None
     error: str | None = None
+    transient: bool = False
+    """The read failed for a reason a retry may clear (the store unreachable)."""
 
 
 @dataclass(frozen=True)

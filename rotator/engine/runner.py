@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from rotator.errors import (
     LeaseBusy,
     RotatorError,
     StoreError,
+    Transient,
     VendorAuthError,
 )
 from rotator.secret import Secret
@@ -35,13 +37,25 @@ from rotator.spec import (
     RotationFile,
     Settings,
     cron_trigger,
+    format_duration,
 )
 
 log = logging.getLogger("rotator.engine")
 
 Outcome = Literal["ok", "waiting", "held", "failed", "busy"]
 MAX_STEPS = 16
-"""Steps one key may take in one pass; a rotation needs about six."""
+"""Acting steps one key may take in one pass; a rotation needs about six. Waits are not steps."""
+WAIT_MARGIN = timedelta(minutes=10)
+"""``--wait`` gives up at the key's ``verify.timeout`` plus this margin (for the steps before
+promotion) unless ``--wait-timeout`` says otherwise: by then the drain has ended in a revoke or
+a hold."""
+WAIT_POLL = 5.0
+"""Seconds between observations while ``--wait`` follows a long wait (the vendor is asked
+once per poll; the progress view counts down on its own)."""
+LEASE_POLL = 1.0
+"""Seconds between attempts to take a lease another runner holds (``--lock-timeout``)."""
+BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
+"""Back-off of ``--wait`` after a transient error: 1 s, doubling, at most 30 s."""
 
 
 @dataclass
@@ -90,6 +104,7 @@ class Engine:
         issuer_factory: Callable[..., Issuer] | None = None,
         store_factory: Callable[..., SecretStore] | None = None,
         lease: Lease | None = None,
+        sleep: Callable[[float], object] | None = None,
     ) -> None:
         self.spec = spec
         self.base_dir = base_dir
@@ -111,6 +126,9 @@ class Engine:
         revokes the old key at that instant)."""
         self.stopping = threading.Event()
         """Set it (e.g. on SIGTERM) to finish the step in hand and end the pass."""
+        self._sleep: Callable[[float], object] = sleep if sleep is not None else self.stopping.wait
+        """How waits pause (``--wait`` polls, back-off, ``--lock-timeout``): by default an
+        interruptible wait on :attr:`stopping`; a test passes one that advances its fake clock."""
 
     def close(self) -> None:
         """Close the vendor clients' connections."""
@@ -283,6 +301,8 @@ class Engine:
         wait: bool = False,
         parallel: int | None = None,
         progress: Progress | None = None,
+        wait_timeout: timedelta | None = None,
+        lock_timeout: timedelta = timedelta(0),
     ) -> list[KeyResult]:
         """One pass over ``keys``: issuer credentials' own keys go last (DESIGN.md)."""
         own = self.credential_keys()
@@ -294,7 +314,15 @@ class Engine:
                 continue
             with ThreadPoolExecutor(max_workers=min(workers, len(wave))) as pool:
                 for result in pool.map(
-                    lambda k: self.reconcile(k, force=force, wait=wait, progress=progress), wave
+                    lambda k: self.reconcile(
+                        k,
+                        force=force,
+                        wait=wait,
+                        progress=progress,
+                        wait_timeout=wait_timeout,
+                        lock_timeout=lock_timeout,
+                    ),
+                    wave,
                 ):
                     results[result.key] = result
         return [results[k] for k in keys]
@@ -308,20 +336,52 @@ class Engine:
         progress: Progress | None = None,
         attempt: str | None = None,
         stop_before: Collection[str] = (),
+        wait_timeout: timedelta | None = None,
+        lock_timeout: timedelta = timedelta(0),
     ) -> KeyResult:
         """Drive one key as far as it safely goes now (or, with ``wait``, to rest).
 
         ``attempt`` names the rotation a mint or reset starts (a Secrets Manager rotation
         token); ``stop_before`` ends the pass, without acting, at the first decision whose
-        action it names (a rotation Lambda's steps map onto these).
+        action it names (a rotation Lambda's steps map onto these). ``wait_timeout`` bounds
+        ``wait`` (default: :data:`WAIT_MARGIN` past the key's ``verify.timeout``);
+        ``lock_timeout`` is how long to wait for a lease another runner holds.
         """
         try:
-            with self.lease.acquire(key) as lease:
-                return self._reconcile(key, force, wait, progress, attempt, stop_before, lease)
+            with self.take_lease(key, lock_timeout) as lease:
+                limit = wait_timeout if wait_timeout is not None else self.default_wait_timeout(key)
+                return self._reconcile(
+                    key, force, wait, progress, attempt, stop_before, lease, wait_timeout=limit
+                )
         except LeaseBusy as exc:
             return KeyResult(key, "busy", "unknown", f"skipped: held by {exc.holder}")
         except RotatorError as exc:  # the lease store itself failed (e.g. DynamoDB unreachable)
             return KeyResult(key, "failed", "failed", f"cannot take the lease: {exc}")
+
+    def default_wait_timeout(self, key: str) -> timedelta:
+        """How long ``--wait`` follows ``key`` unless told: its ``verify.timeout`` plus
+        :data:`WAIT_MARGIN`."""
+        return self.spec.verify(key).timeout + WAIT_MARGIN
+
+    @contextmanager
+    def take_lease(self, key: str, timeout: timedelta = timedelta(0)) -> Iterator[object]:
+        """Hold ``key``'s lease for the ``with`` block, polling up to ``timeout`` (Terraform's
+        ``-lock-timeout``) while another runner holds it.
+
+        :raises LeaseBusy: when it is still held at the end of ``timeout``, or on a stop.
+        """
+        deadline = self.clock() + timeout
+        with ExitStack() as stack:
+            while True:
+                try:
+                    lease = stack.enter_context(self.lease.acquire(key))
+                    break
+                except LeaseBusy:
+                    left = (deadline - self.clock()).total_seconds()
+                    if left <= 0 or self.stopping.is_set():
+                        raise
+                    self._sleep(min(LEASE_POLL, left))
+            yield lease
 
     def reconcile_locked(
         self, key: str, *, force: bool = False, stop_before: Collection[str] = ()
@@ -338,28 +398,45 @@ class Engine:
         attempt: str | None,
         stop_before: Collection[str],
         lease: object | None,
+        *,
+        wait_timeout: timedelta = timedelta(0),
     ) -> KeyResult:
         steps: list[str] = []
         decision = Decision("fail", "failed", "no step taken")
-        for _ in range(MAX_STEPS):
+        give_up = self.clock() + wait_timeout
+        backoff = BACKOFF_FIRST
+        while True:
             if _lease_lost(lease):  # a lease that could not be renewed: another runner may act
                 decision = Decision("fail", "failed", "lost the lease on this key; stopped between steps")
                 break
             if self.stopping.is_set():
                 decision = Decision(
                     "wait",
-                    decision.phase if steps else "current",
+                    decision.phase if steps or decision.action == "wait" else "current",
                     "stopped before the next step; the next pass resumes",
+                    until=decision.until,
                 )
                 break
             try:
-                decision = decide(self.observe(key, force=force))
+                obs = self.observe(key, force=force)
+                decision = decide(obs)
                 if progress:
                     progress(key, decision)
+                if wait and decision.action == "fail" and _unreadable_for_now(obs):
+                    raise _TargetsDown(decision.reason)
                 if decision.action == "wait" and wait:
-                    self._sleep_until(decision.until)
+                    if self.clock() >= give_up:
+                        decision = _gave_up(key, decision, wait_timeout)
+                        break
+                    backoff = BACKOFF_FIRST
+                    self._sleep_until(decision.until, give_up)
                     continue
                 if decision.terminal or decision.action in stop_before:
+                    break
+                if len(steps) >= MAX_STEPS:  # only acting steps count: a wait of any length is none
+                    decision = Decision(
+                        "fail", "failed", f"no rest after {MAX_STEPS} steps; next: {decision.reason}"
+                    )
                     break
                 self._actor.act(key, decision, attempt)
                 steps.append(decision.action)
@@ -370,9 +447,9 @@ class Engine:
                 break
             except RotatorError as exc:
                 decision = Decision("fail", "failed", str(exc))
-                break
-        else:
-            decision = Decision("fail", "failed", f"no rest after {MAX_STEPS} steps; last: {decision.reason}")
+                if not (wait and isinstance(exc, Transient) and self._back_off(key, exc, backoff, give_up)):
+                    break
+                backoff = min(backoff * 2, BACKOFF_MAX)
         if decision.action in ("hold", "fail"):
             self.journal.append(
                 "held" if decision.action == "hold" else "failed", key=key, reason=decision.reason
@@ -380,10 +457,47 @@ class Engine:
             log.warning("%s: %s", key, decision.reason)
         return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
 
-    def _sleep_until(self, until: datetime | None) -> None:
+    def _back_off(self, key: str, exc: Transient, backoff: float, give_up: datetime) -> bool:
+        """``--wait`` rides out what serve's next ticks would (the vendor or a store briefly
+        down): pause, then the next observation decides afresh, so a half-done step is redone
+        safely. False when the pause would reach ``give_up``."""
+        pause = max(backoff, exc.retry_after or 0.0)
+        if self.clock() + timedelta(seconds=pause) >= give_up:
+            return False
+        log.warning("%s: %s; retrying in %s", key, exc, format_duration(timedelta(seconds=pause)))
+        self._sleep(pause)
+        return True
+
+    def _sleep_until(self, until: datetime | None, give_up: datetime) -> None:
+        """One ``--wait`` poll: until the wait ends, at most :data:`WAIT_POLL` and never past
+        ``give_up``; a wait with no end in sight (or already past it) polls every second."""
         now = self.clock()
-        pause = 1.0 if until is None else (until - now).total_seconds()
-        self.stopping.wait(min(max(pause, 0.05), 1.0))
+        end = min(until, give_up) if until is not None else give_up
+        left = (end - now).total_seconds()
+        pause = min(left, WAIT_POLL) if left > 0 and until is not None and until > now else 1.0
+        self._sleep(max(pause, 0.05))
+
+
+class _TargetsDown(Transient):
+    """Some targets could not be read, each for a transient reason (e.g. a dropped connection)."""
+
+
+def _unreadable_for_now(obs: Observation) -> bool:
+    broken = [t for t in obs.targets if t.error is not None]
+    return bool(broken) and all(t.transient for t in broken)
+
+
+def _gave_up(key: str, decision: Decision, limit: timedelta) -> Decision:
+    """The ``waiting`` result of a ``--wait`` that reached its ``--wait-timeout``."""
+    return Decision(
+        "wait",
+        decision.phase,
+        f"stopped waiting after {format_duration(limit)} (--wait-timeout); the rotation goes on: "
+        f"{decision.reason}; resume with `rotator apply {key} --wait` or let the next pass finish it",
+        until=decision.until,
+        key_id=decision.key_id,
+        promoted_at=decision.promoted_at,
+    )
 
 
 def make_lease(spec: RotationFile, state_dir: Path) -> Lease:
@@ -406,5 +520,5 @@ def _read_target(store: SecretStore) -> TargetObs:
     try:
         state: TargetState = store.read()
     except StoreError as exc:
-        return TargetObs(store.name, None, str(exc))
+        return TargetObs(store.name, None, str(exc), transient=isinstance(exc, Transient))
     return TargetObs(store.name, state)
