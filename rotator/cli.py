@@ -8,18 +8,20 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from rotator import __version__
-from rotator.errors import ConfigError, RotatorError
+from rotator.errors import ConfigError, LeaseBusy, RotatorError
 from rotator.logs import configure, redact
-from rotator.spec import RotationFile, Settings, load_rotation_file
+from rotator.spec import RotationFile, Settings, load_rotation_file, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HELD = 0, 1, 2, 3
+EXIT_BUSY = 4
+"""``rotate`` and ``emergency``: the key's lease is held by another runner; nothing was done."""
 STARTED = time.monotonic()
 """When the command started: emergency reports its time-to-revoke from here."""
 
@@ -121,6 +123,18 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
     sys.exit(EXIT_INVALID if detailed_exitcode and pending else EXIT_OK)
 
 
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
+    """A duration option (``0s``, ``90s``, ``15m``, ``2h30m``) as a timedelta."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    except OverflowError:
+        raise click.BadParameter(f"{value!r} is too long") from None
+
+
 def _run(
     obj: Context,
     keys: Sequence[str],
@@ -131,6 +145,9 @@ def _run(
     parallel: int | None,
     output: str,
     pushgateway: str | None = None,
+    wait_timeout: timedelta | None = None,
+    lock_timeout: timedelta = timedelta(0),
+    busy_exit: bool = False,
 ) -> NoReturn:
     engine = obj.engine()
     names = _keys(engine.spec, keys)
@@ -140,11 +157,20 @@ def _run(
         sys.exit(EXIT_OK)
     import time
 
+    from rotator.interrupt import stop_on_signals
     from rotator.progress import ProgressView
 
     started = time.time()
-    with ProgressView(enabled=output == "text") as view:
-        results = engine.apply(names, force=force, wait=wait, parallel=parallel, progress=view.update)
+    with stop_on_signals(engine.stopping) as caught, ProgressView(enabled=output == "text") as view:
+        results = engine.apply(
+            names,
+            force=force,
+            wait=wait,
+            parallel=parallel,
+            progress=view.update,
+            wait_timeout=wait_timeout,
+            lock_timeout=lock_timeout,
+        )
     if output == "json":
         _emit([r.as_dict() for r in results])
     else:
@@ -159,13 +185,46 @@ def _run(
             metrics.push(pushgateway)
         except RotatorError as exc:  # metrics are a report: they never change the outcome
             click.echo(redact(f"rotator: warning: {exc}"), err=True)
+    if caught.signum is not None:
+        click.echo(
+            f"rotator: {caught.name}: stopped after the step in hand and released the lease; "
+            f"the rotation goes on: resume with `rotator apply {' '.join(names)} --wait`",
+            err=True,
+        )
+        sys.exit(caught.exit_code)
     if any(r.outcome == "failed" for r in results):
         sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_HELD if any(r.outcome == "held" for r in results) else EXIT_OK)
+    if any(r.outcome == "held" for r in results):
+        sys.exit(EXIT_HELD)
+    busy = [r.key for r in results if r.outcome == "busy"]
+    if busy_exit and busy:
+        click.echo(
+            f"rotator: the lease of {', '.join(busy)} is held by another runner; nothing was done "
+            "(wait for it with --lock-timeout DURATION)",
+            err=True,
+        )
+        sys.exit(EXIT_BUSY)
+    sys.exit(EXIT_OK)
 
 
 _wait = click.option(
     "--wait", is_flag=True, help="Keep polling through drain waits until every key is at rest."
+)
+_wait_timeout = click.option(
+    "--wait-timeout",
+    callback=_duration,
+    metavar="DURATION",
+    help="With --wait: stop waiting after this long and exit as waiting (0); the rotation goes "
+    "on with the next pass. Default: the key's verify.timeout plus 10m.",
+)
+_lock_timeout = click.option(
+    "--lock-timeout",
+    callback=_duration,
+    metavar="DURATION",
+    default="0s",
+    show_default=True,
+    help="How long to wait for the key's lease while another runner holds it; exit 4 if it is "
+    "still held then.",
 )
 _output = click.option("--output", type=click.Choice(["text", "json"]), default="text")
 _pushgateway = click.option(
@@ -176,6 +235,7 @@ _pushgateway = click.option(
 @cli.command()
 @click.argument("keys", nargs=-1)
 @_wait
+@_wait_timeout
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
 @click.option("--parallel", type=click.IntRange(1, 64), help="Keys reconciled at once.")
 @_output
@@ -185,17 +245,24 @@ def apply(
     obj: Context,
     keys: tuple[str, ...],
     wait: bool,
+    wait_timeout: timedelta | None,
     dry_run: bool,
     parallel: int | None,
     output: str,
     pushgateway: str | None,
 ) -> None:
-    """One reconcile pass. Exit 0 ok or waiting, 1 a key failed, 3 a key is held."""
+    """One reconcile pass. Exit 0 ok or waiting, 1 a key failed, 3 a key is held.
+
+    A key whose lease another runner holds is reported busy and skipped, without failing
+    the pass (exit 0); `rotate` exits 4 instead. Ctrl-C or SIGTERM finishes the step in
+    hand, releases the lease and exits 130 (143).
+    """
     _run(
         obj,
         keys,
         force=False,
         wait=wait,
+        wait_timeout=wait_timeout,
         dry_run=dry_run,
         parallel=parallel,
         output=output,
@@ -206,16 +273,30 @@ def apply(
 @cli.command()
 @click.argument("key")
 @_wait
+@_wait_timeout
+@_lock_timeout
 @_output
 @_pushgateway
 @click.pass_obj
-def rotate(obj: Context, key: str, wait: bool, output: str, pushgateway: str | None) -> None:
-    """Start a rotation of KEY now, due or not. Exit codes as apply."""
+def rotate(
+    obj: Context,
+    key: str,
+    wait: bool,
+    wait_timeout: timedelta | None,
+    lock_timeout: timedelta,
+    output: str,
+    pushgateway: str | None,
+) -> None:
+    """Start a rotation of KEY now, due or not. Exit codes as apply, and 4 when another
+    runner holds KEY's lease (after --lock-timeout)."""
     _run(
         obj,
         [key],
         force=True,
         wait=wait,
+        wait_timeout=wait_timeout,
+        lock_timeout=lock_timeout,
+        busy_exit=True,
         dry_run=False,
         parallel=1,
         output=output,
@@ -299,6 +380,7 @@ def status(obj: Context, key: str | None, output: str) -> None:
     help="Mint and roll out first, revoke seconds later: a short exposure instead of an outage.",
 )
 @click.option("--key-id", help="The vendor id of the leaked key, when more than one is active.")
+@_lock_timeout
 @_output
 @click.pass_obj
 def emergency(
@@ -308,6 +390,7 @@ def emergency(
     leaked_since: datetime | None,
     keep_serving: bool,
     key_id: str | None,
+    lock_timeout: timedelta,
     output: str,
 ) -> None:
     """After a leak: revoke KEY's current vendor key now, mint, roll out, audit.
@@ -316,7 +399,7 @@ def emergency(
     --keep-serving, or the key is an issuer's own management key, which must mint its
     successor before it can revoke itself). The vendor's trace chain is then verified for
     the exposure window and an incident report is written to state_dir/incidents/.
-    Exit codes as apply.
+    Exit codes as apply, and 4 when another runner holds KEY's lease (after --lock-timeout).
     """
     from rotator.emergency import run_emergency
 
@@ -331,6 +414,7 @@ def emergency(
         keep_serving=keep_serving,
         key_id=key_id,
         started=STARTED,
+        lock_timeout=lock_timeout,
     )
     if output == "json":
         _emit(asdict(report))
@@ -450,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except ConfigError as exc:
         _fail(exc, debug, EXIT_INVALID)
+    except LeaseBusy as exc:
+        _fail(exc, debug, EXIT_BUSY)
     except RotatorError as exc:
         _fail(exc, debug, EXIT_FAILED)
     except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line

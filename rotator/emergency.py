@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,7 @@ def run_emergency(
     keep_serving: bool = False,
     key_id: str | None = None,
     started: float | None = None,
+    lock_timeout: timedelta = timedelta(0),
 ) -> EmergencyReport:
     """Revoke ``key``'s leaked vendor key, mint and roll out a new one, audit, report."""
     t0 = started if started is not None else time.monotonic()
@@ -104,7 +105,7 @@ def run_emergency(
     serve_first = keep_serving or own_key
     order = "reset" if reset_vendor else ("mint-then-revoke" if serve_first else "revoke-first")
     report = EmergencyReport(key=key, reason=reason, order=order)
-    with engine.lease.acquire(key):
+    with engine.take_lease(key, lock_timeout):
         engine.journal.append("emergency-started", key=key, reason=reason, order=order)
         leaked, promoted = _leaked_key(engine, key, key_id)
         report.leaked_key_id, report.leaked_prefix = leaked.id, leaked.prefix

@@ -3,7 +3,13 @@ the lease another runner holds (`--lock-timeout`, exit 4)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,10 +17,12 @@ import httpx
 import pytest
 
 from rotator.abc import parse_time
+from rotator.engine.lease import FileLease
 from rotator.engine.model import Decision
 from rotator.engine.runner import MAX_STEPS, WAIT_POLL, Engine
 from rotator.sandbox.emulator import Emulator, EmulatorServer
 from rotator.spec import Settings, load_rotation_file
+from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
     FakeClock,
@@ -143,3 +151,209 @@ def test_default_wait_timeout_is_verify_timeout_plus_margin(
     path = write_spec(tmp_path, fake_vendor, **DEFAULT_VERIFY)
     with _engine(path, clock) as engine:
         assert engine.default_wait_timeout("payments") == timedelta(hours=24, minutes=10)
+
+
+def test_wait_retries_transient_vendor_errors(
+    tmp_path: Path, clock: FakeClock, fake_vendor: EmulatorServer
+) -> None:
+    """A burst of 503s and dropped connections in the middle of the drain, longer than the
+    client's own retries: --wait backs off and carries on to the revoke."""
+    path = write_spec(tmp_path, fake_vendor, **DEFAULT_VERIFY)
+    burst = [503] * 9 + [0] * 3
+    faults = fake_vendor.emulator.faults
+    injected: list[Decision] = []
+
+    def progress(key: str, decision: Decision) -> None:
+        if decision.action == "wait" and decision.phase == "draining" and not injected:
+            injected.append(decision)
+            faults.fail_next = list(burst)
+
+    settings = Settings(retry_initial=0.01, retry_attempts=2, probe_timeout=5)
+    spec = load_rotation_file(path)
+    with Engine(spec, base_dir=tmp_path, settings=settings, clock=clock, sleep=clock.sleep) as engine:
+        engine.apply(["payments"])
+        (old_id,) = (k["id"] for k in agent_keys(fake_vendor, active=True))
+        result = engine.apply(["payments"], force=True, wait=True, progress=progress)[0]
+
+    assert result.outcome == "ok", result.message
+    assert result.steps == ["mint", "stage", "promote", "revoke"]
+    served = [status for _, _, status in fake_vendor.emulator.request_log()]
+    assert served.count(503) == 9 and served.count(0) == 3 and not faults.fail_next
+    assert _key(fake_vendor, old_id)["status"] != "active"
+    assert not [e for e in journal(tmp_path) if e["event"] == "failed"]
+
+
+def test_wait_gives_up_on_errors_that_are_not_transient(
+    tmp_path: Path, clock: FakeClock, fake_vendor: EmulatorServer
+) -> None:
+    """A 401 (the admin key revoked) is not retried: --wait fails at once, as before."""
+    path = write_spec(tmp_path, fake_vendor, **DEFAULT_VERIFY)
+    faults = fake_vendor.emulator.faults
+
+    def progress(key: str, decision: Decision) -> None:
+        if decision.action == "wait":
+            faults.fail_next = [401]
+
+    with _engine(path, clock) as engine:
+        engine.apply(["payments"])
+        result = engine.apply(["payments"], force=True, wait=True, progress=progress)[0]
+    assert result.outcome == "failed"
+    assert clock.slept < 60  # failed on the first poll after the 401, no back-off
+
+
+# ---------------------------------------------------------------------- the real command line
+
+FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
+
+
+@pytest.fixture
+def admin(emulator: EmulatorServer) -> dict[str, str]:
+    """The environment a `rotator` subprocess needs to manage the emulator's keys."""
+    return {ADMIN_ENV: emulator.emulator.bootstrap_workspace_key(), **FAST_ENV}
+
+
+def _events(tmp: Path, name: str) -> list[dict[str, object]]:
+    return [e for e in journal(tmp) if e["event"] == name]
+
+
+def _until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_rotate_wait_follows_a_40s_drain(
+    tmp_path: Path, emulator: EmulatorServer, admin: dict[str, str]
+) -> None:
+    """`rotate --wait` through a 40 s drain: it waits (no step cap), revokes after the drain,
+    exits 0 and writes no failure."""
+    write_spec(tmp_path, emulator, drain="40s", propagation="1s", timeout="10m")
+    assert run_cli("apply", cwd=tmp_path, env=admin).returncode == 0
+    proc = run_cli("rotate", "payments", "--wait", cwd=tmp_path, env=admin, timeout=150)
+    assert proc.returncode == 0, proc.stderr
+    assert "payments: ok (draining)" in proc.stdout
+    assert "no rest after" not in proc.stdout + proc.stderr
+    promoted = parse_time(str(_events(tmp_path, "promoted")[-1]["details"]["promoted_at"]))  # type: ignore[index]
+    revoked = parse_time(str(_events(tmp_path, "revoked")[-1]["ts"]))
+    assert revoked - promoted >= timedelta(seconds=41)  # propagation 1s + drain 40s
+    assert not _events(tmp_path, "failed")
+
+
+def test_rotate_wait_timeout_exits_waiting(
+    tmp_path: Path, emulator: EmulatorServer, admin: dict[str, str]
+) -> None:
+    """`--wait-timeout 2s` on a 30 s drain: exit 0 as waiting, a line on how to resume, no
+    failure recorded and the old key still active."""
+    write_spec(tmp_path, emulator, drain="30s", propagation="1s", timeout="10m")
+    assert run_cli("apply", cwd=tmp_path, env=admin).returncode == 0
+    started = time.monotonic()
+    proc = run_cli("rotate", "payments", "--wait", "--wait-timeout", "2s", cwd=tmp_path, env=admin)
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("payments:"))
+    assert line.startswith("payments: waiting (")
+    assert "stopped waiting after 2s (--wait-timeout); the rotation goes on" in line
+    assert "resume with `rotator apply payments --wait`" in line
+    assert len(agent_keys(emulator, active=True)) == 2
+    assert not _events(tmp_path, "failed") and not _events(tmp_path, "revoked")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_during_wait_stops_within_a_second(
+    tmp_path: Path, emulator: EmulatorServer, admin: dict[str, str], sig: signal.Signals
+) -> None:
+    """Drain 8 s, the signal 3 s into `rotate --wait`: no revoke, the lease is released and the
+    process is gone within about a second, exit 128 + the signal."""
+    write_spec(tmp_path, emulator, drain="8s", propagation="1s", timeout="10m")
+    assert run_cli("apply", cwd=tmp_path, env=admin).returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rotator.cli", "rotate", "payments", "--wait"],
+        cwd=tmp_path,
+        env={**os.environ, **admin},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        started = time.monotonic()
+        _until(lambda: len(_events(tmp_path, "promoted")) == 2, "the promotion")
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - started)))
+        assert proc.poll() is None
+        proc.send_signal(sig)
+        signalled = time.monotonic()
+        out, err = proc.communicate(timeout=10)
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert took < 1.5, f"exited {took:.2f}s after {sig.name}"
+    assert proc.returncode == 128 + sig, err
+    assert f"rotator: {sig.name}: stopped after the step in hand and released the lease" in err
+    assert "payments: waiting (" in out and "stopped before the next step" in out
+    assert "Traceback" not in err
+    assert not _events(tmp_path, "revoked") and not _events(tmp_path, "failed")
+    with FileLease(tmp_path / "state").acquire("payments"):  # released: another runner can take it
+        pass
+    time.sleep(6)  # past the drain the worker would have waited for: still nothing revoked
+    assert not _events(tmp_path, "revoked")
+    assert len(agent_keys(emulator, active=True)) == 2
+
+
+def test_rotate_exits_4_when_lease_is_held(
+    tmp_path: Path, emulator: EmulatorServer, admin: dict[str, str]
+) -> None:
+    """Another runner holds the key's lease: `rotate` and `emergency` exit 4 and do nothing;
+    `apply` reports the key busy and exits 0."""
+    write_spec(tmp_path, emulator)
+    assert run_cli("apply", cwd=tmp_path, env=admin).returncode == 0
+    before = len(journal(tmp_path))
+    with FileLease(tmp_path / "state", owner="ci@runner pid 4242").acquire("payments"):
+        rotate = run_cli("rotate", "payments", cwd=tmp_path, env=admin)
+        emergency = run_cli("emergency", "payments", "--reason", "leak", cwd=tmp_path, env=admin)
+        apply = run_cli("apply", "payments", cwd=tmp_path, env=admin)
+        started = time.monotonic()
+        waited = run_cli("rotate", "payments", "--lock-timeout", "2s", cwd=tmp_path, env=admin)
+        waited_for = time.monotonic() - started
+    assert waited.returncode == 4 and waited_for >= 2.0, waited.stderr
+    assert rotate.returncode == 4, rotate.stderr
+    assert "payments: busy" in rotate.stdout and "ci@runner pid 4242" in rotate.stdout
+    assert rotate.stderr.strip().splitlines() == [
+        "rotator: the lease of payments is held by another runner; nothing was done "
+        "(wait for it with --lock-timeout DURATION)"
+    ]
+    assert emergency.returncode == 4, emergency.stderr
+    assert emergency.stderr.startswith("rotator: error: key 'payments' is being worked on by ci@runner")
+    assert apply.returncode == 0 and "payments: busy" in apply.stdout
+    assert len(journal(tmp_path)) == before  # nothing happened
+    assert len(agent_keys(emulator, active=True)) == 1
+
+
+def test_lock_timeout_waits_for_the_lease(
+    tmp_path: Path, emulator: EmulatorServer, admin: dict[str, str]
+) -> None:
+    """With --lock-timeout the rotation waits, polling, for a lease released 1.5 s later."""
+    write_spec(tmp_path, emulator)
+    assert run_cli("apply", cwd=tmp_path, env=admin).returncode == 0
+    lease = FileLease(tmp_path / "state", owner="ci@runner pid 4242")
+    held = threading.Event()
+
+    def hold() -> None:
+        with lease.acquire("payments"):
+            held.set()
+            time.sleep(1.5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        proc = run_cli("rotate", "payments", "--lock-timeout", "20s", cwd=tmp_path, env=admin)
+    finally:
+        holder.join()
+    assert proc.returncode == 0, proc.stderr
+    assert "payments: waiting (promoted)" in proc.stdout
+    assert len(_events(tmp_path, "minted")) == 2
