@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,8 @@ from rotator.engine.lease import FileLease
 from rotator.engine.model import Decision
 from rotator.engine.runner import MAX_STEPS, WAIT_POLL, Engine
 from rotator.sandbox.emulator import Emulator, EmulatorServer
-from rotator.spec import Settings, load_rotation_file
+from rotator.scheduler import Daemon
+from rotator.spec import RotationFile, Settings, load_rotation_file
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
@@ -199,6 +201,69 @@ def test_wait_gives_up_on_errors_that_are_not_transient(
         result = engine.apply(["payments"], force=True, wait=True, progress=progress)[0]
     assert result.outcome == "failed"
     assert clock.slept < 60  # failed on the first poll after the 401, no back-off
+
+
+class FakeClockDaemon(Daemon):
+    """The `serve` daemon with its engines on a fake clock; the test calls its jobs itself."""
+
+    def __init__(self, file: Path, clock: FakeClock, **kwargs: Any) -> None:
+        self.clock = clock
+        super().__init__(file, **kwargs)
+
+    def _new_engine(self, spec: RotationFile) -> Engine:
+        return Engine(
+            spec,
+            base_dir=self.file.resolve().parent,
+            settings=self.settings,
+            clock=self.clock,
+            sleep=self.clock.sleep,
+        )
+
+
+def test_serve_follows_default_15m_drain_on_fake_clock(
+    tmp_path: Path, clock: FakeClock, fake_vendor: EmulatorServer
+) -> None:
+    """`serve`'s jobs through a due rotation with the default verify block: the tick passes
+    the draining key every 30 s, and the old key (used until 90 s after promotion) is revoked
+    at the first tick after promotion + 2 m + 15 m, and not at any tick before."""
+    path = write_spec(tmp_path, fake_vendor, max_age="1d", **DEFAULT_VERIFY)
+    daemon = FakeClockDaemon(path, clock, settings=FAST, tick=30, check_interval=3600)
+    try:
+        daemon._tick()  # the first tick passes every key: the first key is minted
+        assert daemon._seen["payments"].result.outcome == "ok"
+        old = read_dotenv_key(tmp_path / "secrets/a.env")
+        (old_id,) = (k["id"] for k in agent_keys(fake_vendor, active=True))
+        assert daemon.in_flight() == []
+
+        clock.sleep(86400 + 60)
+        daemon._check("payments")  # the key's own job: due by max_age
+        seen = daemon._seen["payments"].result
+        assert (seen.outcome, seen.steps) == ("waiting", ["mint", "stage", "promote"]), seen.message
+        last_promotion = [e for e in journal(tmp_path) if e["event"] == "promoted"][-1]
+        promoted_at = parse_time(str(last_promotion["details"]["promoted_at"]))
+        ready = promoted_at + timedelta(minutes=17)
+
+        with httpx.Client(base_url=fake_vendor.url, timeout=5) as consumer:
+            ticks = 0
+            while daemon._seen["payments"].result.phase != "current":
+                assert ticks < 100, "no revoke after 50 minutes of ticks"
+                clock.sleep(30)
+                if clock.now < promoted_at + timedelta(seconds=90):
+                    consumer.post("/api/v1/traces", json={"e": 1}, headers={"Authorization": f"Bearer {old}"})
+                before = clock.now
+                assert daemon.in_flight() == ["payments"]
+                daemon._tick()
+                ticks += 1
+                status = _key(fake_vendor, old_id)["status"]
+                if before < ready:
+                    assert status == "active", f"revoked at {before}, before the drain ended at {ready}"
+        revoked_at = parse_time(str(_key(fake_vendor, old_id)["revoked_at"]))
+    finally:
+        daemon.stop()
+    assert daemon._seen["payments"].result.steps == ["revoke"]
+    assert ready <= revoked_at <= ready + timedelta(seconds=31)
+    assert ticks >= 34  # 17 minutes of 30 s ticks
+    assert not [e for e in journal(tmp_path) if e["event"] in ("failed", "held")]
 
 
 # ---------------------------------------------------------------------- the real command line
