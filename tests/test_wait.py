@@ -24,6 +24,7 @@ from rotator.engine.runner import MAX_STEPS, WAIT_POLL, Engine
 from rotator.sandbox.emulator import Emulator, EmulatorServer
 from rotator.scheduler import Daemon
 from rotator.spec import RotationFile, Settings, load_rotation_file
+from tests.chaos.proxy import FaultProxy
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
@@ -33,6 +34,7 @@ from tests.e2e_helpers import (
     read_dotenv_key,
     write_spec,
 )
+from tests.harnesses.vault import OpenBaoServer
 
 FAST = Settings(retry_initial=0.01, probe_timeout=5)
 DEFAULT_VERIFY = {"drain": "15m", "propagation": "2m", "timeout": "24h"}
@@ -203,6 +205,43 @@ def test_wait_gives_up_on_errors_that_are_not_transient(
     assert clock.slept < 60  # failed on the first poll after the 401, no back-off
 
 
+def test_wait_retries_a_dropped_store_connection(
+    tmp_path: Path,
+    clock: FakeClock,
+    fake_vendor: EmulatorServer,
+    openbao_server: OpenBaoServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection to a Vault target drops during the drain (every connection reset for a
+    few polls): --wait backs off, and once Vault is back it carries on to the revoke."""
+    monkeypatch.setenv("VAULT_TOKEN", openbao_server.root_token)
+    upstream = openbao_server.url.removeprefix("http://").split(":")
+    with FaultProxy((upstream[0], int(upstream[1]))) as proxy:
+        vault = f'{{type: vault, url: "{proxy.url}", mount: secret, path: "wait/{tmp_path.name}", field: k}}'
+        path = write_spec(tmp_path, fake_vendor, targets=1, **DEFAULT_VERIFY)
+        path.write_text(path.read_text().replace("    targets:\n", f"    targets:\n      - {vault}\n"))
+        outage: list[float] = []
+
+        def progress(key: str, decision: Decision) -> None:
+            if decision.action == "wait" and decision.phase == "draining" and not outage:
+                proxy.drop_rate, proxy.reset_rate = 1.0, 2.0
+                proxy.cut_all()
+                outage.append(clock.slept)
+
+        def sleep(seconds: float) -> None:
+            clock.sleep(seconds)
+            if outage and clock.slept - outage[0] > 60:  # Vault is back after a minute
+                proxy.quiet()
+
+        with _engine(path, clock, sleep) as engine:
+            engine.apply(["payments"])
+            result = engine.apply(["payments"], force=True, wait=True, progress=progress)[0]
+        assert result.outcome == "ok", result.message
+        assert result.steps == ["mint", "stage", "promote", "revoke"]
+        assert proxy.stats["dropped"] + proxy.stats["reset-request"] + proxy.stats["reset-answer"] >= 2
+    assert not [e for e in journal(tmp_path) if e["event"] == "failed"]
+
+
 class FakeClockDaemon(Daemon):
     """The `serve` daemon with its engines on a fake clock; the test calls its jobs itself."""
 
@@ -299,7 +338,7 @@ def test_rotate_wait_follows_a_40s_drain(
     assert run_cli("apply", cwd=tmp_path, env=admin).returncode == 0
     proc = run_cli("rotate", "payments", "--wait", cwd=tmp_path, env=admin, timeout=150)
     assert proc.returncode == 0, proc.stderr
-    assert "payments: ok (draining)" in proc.stdout
+    assert "payments: ok (current)" in proc.stdout
     assert "no rest after" not in proc.stdout + proc.stderr
     promoted = parse_time(str(_events(tmp_path, "promoted")[-1]["details"]["promoted_at"]))  # type: ignore[index]
     revoked = parse_time(str(_events(tmp_path, "revoked")[-1]["ts"]))
