@@ -3,6 +3,7 @@ the lease another runner holds (`--lock-timeout`, exit 4)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from tests.e2e_helpers import (
     agent_keys,
     journal,
     read_dotenv_key,
+    read_json_key,
     write_spec,
 )
 from tests.harnesses.vault import OpenBaoServer
@@ -158,10 +160,12 @@ def test_default_wait_timeout_is_verify_timeout_plus_margin(
 
 
 def test_wait_retries_transient_vendor_errors(
-    tmp_path: Path, clock: FakeClock, fake_vendor: EmulatorServer
+    tmp_path: Path, clock: FakeClock, fake_vendor: EmulatorServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A burst of 503s and dropped connections in the middle of the drain, longer than the
-    client's own retries: --wait backs off and carries on to the revoke."""
+    client's own retries: --wait backs off and carries on to the revoke; the back-off log
+    lines name no raw key."""
+    caplog.set_level(logging.DEBUG)
     path = write_spec(tmp_path, fake_vendor, **DEFAULT_VERIFY)
     burst = [503] * 9 + [0] * 3
     faults = fake_vendor.emulator.faults
@@ -176,11 +180,17 @@ def test_wait_retries_transient_vendor_errors(
     spec = load_rotation_file(path)
     with Engine(spec, base_dir=tmp_path, settings=settings, clock=clock, sleep=clock.sleep) as engine:
         engine.apply(["payments"])
+        old = read_dotenv_key(tmp_path / "secrets/a.env")
         (old_id,) = (k["id"] for k in agent_keys(fake_vendor, active=True))
         result = engine.apply(["payments"], force=True, wait=True, progress=progress)[0]
 
     assert result.outcome == "ok", result.message
     assert result.steps == ["mint", "stage", "promote", "revoke"]
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) >= 2 and all(r.startswith("payments: ") for r in retries)
+    new = read_dotenv_key(tmp_path / "secrets/a.env")
+    for canary in (os.environ[ADMIN_ENV], old, new):
+        assert canary and canary not in caplog.text and canary not in result.message
     served = [status for _, _, status in fake_vendor.emulator.request_log()]
     assert served.count(503) == 9 and served.count(0) == 3 and not faults.fail_next
     assert _key(fake_vendor, old_id)["status"] != "active"
@@ -320,6 +330,15 @@ def _events(tmp: Path, name: str) -> list[dict[str, object]]:
     return [e for e in journal(tmp) if e["event"] == name]
 
 
+def _no_raw_key(text: str, env: dict[str, str], tmp: Path) -> None:
+    """Neither the admin key nor any key a target holds appears in ``text``."""
+    held = [read_dotenv_key(tmp / "secrets/a.env"), read_json_key(tmp / "secrets/b.json")]
+    canaries = [env[ADMIN_ENV], *[k for k in held if k]]
+    assert len(canaries) >= 2
+    for canary in canaries:
+        assert canary not in text
+
+
 def _until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -362,6 +381,7 @@ def test_rotate_wait_timeout_exits_waiting(
     assert "stopped waiting after 2s (--wait-timeout); the rotation goes on" in line
     assert "resume with `rotator apply payments --wait`" in line
     assert len(agent_keys(emulator, active=True)) == 2
+    _no_raw_key(proc.stdout + proc.stderr, admin, tmp_path)
     assert not _events(tmp_path, "failed") and not _events(tmp_path, "revoked")
 
 
@@ -400,6 +420,7 @@ def test_sigint_during_wait_stops_within_a_second(
     assert f"rotator: {sig.name}: stopped after the step in hand and released the lease" in err
     assert "payments: waiting (" in out and "stopped before the next step" in out
     assert "Traceback" not in err
+    _no_raw_key(out + err, admin, tmp_path)
     assert not _events(tmp_path, "revoked") and not _events(tmp_path, "failed")
     with FileLease(tmp_path / "state").acquire("payments"):  # released: another runner can take it
         pass
@@ -433,6 +454,8 @@ def test_rotate_exits_4_when_lease_is_held(
     assert emergency.returncode == 4, emergency.stderr
     assert emergency.stderr.startswith("rotator: error: key 'payments' is being worked on by ci@runner")
     assert apply.returncode == 0 and "payments: busy" in apply.stdout
+    for proc in (rotate, emergency, apply, waited):
+        _no_raw_key(proc.stdout + proc.stderr, admin, tmp_path)
     assert len(journal(tmp_path)) == before  # nothing happened
     assert len(agent_keys(emulator, active=True)) == 1
 
