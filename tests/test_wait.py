@@ -484,3 +484,20 @@ def test_lock_timeout_waits_for_the_lease(
     assert proc.returncode == 0, proc.stderr
     assert "payments: waiting (promoted)" in proc.stdout
     assert len(_events(tmp_path, "minted")) == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--wait-timeout", "5x"), ("--lock-timeout", "-1s"), ("--lock-timeout", "9" * 15 + "d")],
+)
+def test_bad_durations_are_refused_before_anything_happens(
+    tmp_path: Path, emulator: EmulatorServer, admin: dict[str, str], option: str, value: str
+) -> None:
+    """A bad --wait-timeout or --lock-timeout: exit 2, an error naming the option and the
+    value, no traceback, nothing minted or journaled."""
+    write_spec(tmp_path, emulator)
+    proc = run_cli("rotate", "payments", "--wait", option, value, cwd=tmp_path, env=admin)
+    assert proc.returncode == 2
+    assert f"Invalid value for '{option}': '{value}'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert journal(tmp_path) == [] and agent_keys(emulator) == []

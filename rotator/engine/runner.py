@@ -349,7 +349,9 @@ class Engine:
         """
         try:
             with self.take_lease(key, lock_timeout) as lease:
-                limit = wait_timeout if wait_timeout is not None else self.default_wait_timeout(key)
+                limit = wait_timeout or timedelta(0)
+                if wait and wait_timeout is None:
+                    limit = self.default_wait_timeout(key)
                 return self._reconcile(
                     key, force, wait, progress, attempt, stop_before, lease, wait_timeout=limit
                 )
