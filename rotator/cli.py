@@ -434,6 +434,17 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
     )
 
 
+@cli.command()
+def schema() -> None:
+    """Print the rotation file's JSON Schema, for editors (yaml-language-server and others).
+
+    The copy in the repository is regenerated with `rotator schema > schema/rotations.schema.json`.
+    """
+    from rotator.schema import render
+
+    click.echo(render(), nl=False)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: errors are one line on stderr (a traceback with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
