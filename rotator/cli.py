@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from rotator import __version__
+from rotator.completion import SHELLS, complete_keys
 from rotator.errors import ConfigError, RotatorError
 from rotator.logs import configure, redact
 from rotator.spec import RotationFile, Settings, load_rotation_file
@@ -91,7 +92,7 @@ def validate(obj: Context) -> None:
 
 
 @cli.command()
-@click.argument("keys", nargs=-1)
+@click.argument("keys", nargs=-1, shell_complete=complete_keys)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when steps are pending.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
@@ -174,7 +175,7 @@ _pushgateway = click.option(
 
 
 @cli.command()
-@click.argument("keys", nargs=-1)
+@click.argument("keys", nargs=-1, shell_complete=complete_keys)
 @_wait
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
 @click.option("--parallel", type=click.IntRange(1, 64), help="Keys reconciled at once.")
@@ -204,7 +205,7 @@ def apply(
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", shell_complete=complete_keys)
 @_wait
 @_output
 @_pushgateway
@@ -224,7 +225,7 @@ def rotate(obj: Context, key: str, wait: bool, output: str, pushgateway: str | N
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", shell_complete=complete_keys)
 @click.argument("key_id")
 @click.pass_obj
 def reactivate(obj: Context, key: str, key_id: str) -> None:
@@ -248,7 +249,7 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
 
 
 @cli.command()
-@click.argument("key", required=False)
+@click.argument("key", required=False, shell_complete=complete_keys)
 @_output
 @click.pass_obj
 def status(obj: Context, key: str | None, output: str) -> None:
@@ -285,7 +286,7 @@ def status(obj: Context, key: str | None, output: str) -> None:
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", shell_complete=complete_keys)
 @click.option("--reason", required=True, help="Why: recorded in the journal and the incident report.")
 @click.option(
     "--leaked-since",
@@ -443,6 +444,19 @@ def schema() -> None:
     from rotator.schema import render
 
     click.echo(render(), nl=False)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL: commands, options and the rotation file's key names.
+
+    bash: `eval "$(rotator completion bash)"` in ~/.bashrc; zsh: the same in ~/.zshrc;
+    fish: `rotator completion fish > ~/.config/fish/completions/rotator.fish`.
+    """
+    from rotator.completion import script
+
+    click.echo(script(cli, shell))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
