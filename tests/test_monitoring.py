@@ -226,7 +226,18 @@ def test_prometheusrule_matches_the_rules_file() -> None:
     assert rule["metadata"]["namespace"] == namespace
     assert all(isinstance(v, str) for v in rule["metadata"]["labels"].values())
     assert set(rule["spec"]) == {"groups"}
-    assert rule["spec"]["groups"] == rule_groups(RULES)
+    groups = rule["spec"]["groups"]
+    assert groups == rule_groups(RULES)
+    # what the operator's admission checks: unique group names, string labels and annotations,
+    # one of alert/record with an expr, Prometheus durations
+    assert len({g["name"] for g in groups}) == len(groups)
+    duration = re.compile(r"0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?")
+    for group in groups:
+        for r in group["rules"]:
+            assert ("alert" in r) != ("record" in r) and isinstance(r["expr"], str)
+            assert duration.fullmatch(r.get("for", "0")), r
+            for section in ("labels", "annotations"):
+                assert all(isinstance(v, str) for v in r.get(section, {}).values()), (r, section)
 
 
 def _exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
