@@ -29,26 +29,29 @@ SHIPPED = REPO / "schema" / "rotations.schema.json"
 REGENERATE = "rotator schema > schema/rotations.schema.json"
 CHECKER = Path(sys.executable).parent / "check-jsonschema"
 
-# A minimal whole file: README fragments (a lease block, an issuer and its key, ...) are
-# merged into it, their top-level sections replacing these.
-BASE: dict[str, Any] = {
-    "version": 1,
-    "issuers": {"base": {"type": "adjudon", "credential": {"env": "BASE_ADMIN_KEY"}}},
-    "keys": {"base-key": {"issuer": "base", "targets": [{"type": "file", "path": "base.key"}]}},
+# A minimal whole file, by top-level section: README fragments (a lease block, an issuer and
+# its key, ...) get the sections they lack, and keep their own text as written.
+BASE_SECTIONS = {
+    "version": "version: 1\n",
+    "issuers": "issuers:\n  adjudon-prod: {type: adjudon, credential: {env: ADJUDON_ADMIN_KEY}}\n",
+    "keys": "keys:\n  payments:\n    issuer: adjudon-prod\n    targets: [{type: file, path: payments.key}]\n",
 }
+BASE: dict[str, Any] = yaml.safe_load("".join(BASE_SECTIONS.values()))
 
 
-def readme_examples() -> list[tuple[str, dict[str, Any]]]:
+def readme_examples() -> list[tuple[str, str]]:
     """Every fenced yaml block of the README that is a rotation file or a fragment of one,
-    as a whole file (named by the line the block starts on)."""
+    as the text of a whole file (named by the line the block starts on)."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     out = []
     for match in re.finditer(r"^```yaml\n(.*?)^```", text, flags=re.S | re.M):
-        data = yaml.safe_load(match.group(1))
+        block = match.group(1)
+        data = yaml.safe_load(block)
         if not isinstance(data, dict) or {"apiVersion", "kind"} <= data.keys():
             continue  # a Kubernetes manifest or a non-mapping: not a rotation file
+        missing = "".join(v for k, v in BASE_SECTIONS.items() if k not in data)
         line = text.count("\n", 0, match.start()) + 1
-        out.append((f"readme-line-{line}.yaml", data if "version" in data else {**BASE, **data}))
+        out.append((f"readme-line-{line}.yaml", missing + block))
     return out
 
 
@@ -97,14 +100,15 @@ def test_readme_examples_validate_against_the_schema_and_the_models(tmp_path: Pa
     examples = readme_examples()
     assert len(examples) >= 3, [name for name, _ in examples]  # the file, the lease, the IAM issuer
     files = []
-    for name, data in examples:
+    for name, whole in examples:
         path = tmp_path / name
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        path.write_text(whole)
         files.append(path)
-        parse_rotation_file(path.read_text(), name)  # raises ConfigError with the line at fault
     proc = check(*files)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "ok -- validation done" in proc.stdout, proc.stdout
+    for name, whole in examples:
+        parse_rotation_file(whole, name)  # raises ConfigError with the line at fault
 
 
 def test_readme_editor_example_names_the_schema() -> None:
