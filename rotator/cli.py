@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from rotator import __version__
+from rotator.completion import SHELLS, complete_keys
 from rotator.errors import ConfigError, LeaseBusy, RotatorError
 from rotator.logs import configure, redact
 from rotator.spec import RotationFile, Settings, load_rotation_file, parse_duration
@@ -93,7 +94,7 @@ def validate(obj: Context) -> None:
 
 
 @cli.command()
-@click.argument("keys", nargs=-1)
+@click.argument("keys", nargs=-1, shell_complete=complete_keys)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when steps are pending.")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
@@ -233,7 +234,7 @@ _pushgateway = click.option(
 
 
 @cli.command()
-@click.argument("keys", nargs=-1)
+@click.argument("keys", nargs=-1, shell_complete=complete_keys)
 @_wait
 @_wait_timeout
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
@@ -271,7 +272,7 @@ def apply(
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", shell_complete=complete_keys)
 @_wait
 @_wait_timeout
 @_lock_timeout
@@ -305,7 +306,7 @@ def rotate(
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", shell_complete=complete_keys)
 @click.argument("key_id")
 @click.pass_obj
 def reactivate(obj: Context, key: str, key_id: str) -> None:
@@ -329,7 +330,7 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
 
 
 @cli.command()
-@click.argument("key", required=False)
+@click.argument("key", required=False, shell_complete=complete_keys)
 @_output
 @click.pass_obj
 def status(obj: Context, key: str | None, output: str) -> None:
@@ -366,7 +367,7 @@ def status(obj: Context, key: str | None, output: str) -> None:
 
 
 @cli.command()
-@click.argument("key")
+@click.argument("key", shell_complete=complete_keys)
 @click.option("--reason", required=True, help="Why: recorded in the journal and the incident report.")
 @click.option(
     "--leaked-since",
@@ -516,6 +517,30 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
             check_interval=check_interval,
         )
     )
+
+
+@cli.command()
+def schema() -> None:
+    """Print the rotation file's JSON Schema, for editors (yaml-language-server and others).
+
+    The copy in the repository is regenerated with `rotator schema > schema/rotations.schema.json`.
+    """
+    from rotator.schema import render
+
+    click.echo(render(), nl=False)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL: commands, options and the rotation file's key names.
+
+    bash: `eval "$(rotator completion bash)"` in ~/.bashrc; zsh: the same in ~/.zshrc;
+    fish: `rotator completion fish > ~/.config/fish/completions/rotator.fish`.
+    """
+    from rotator.completion import script
+
+    click.echo(script(cli, shell))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,6 +7,7 @@
                                                           outcome ``ok``, ``waiting``, ``held``,
                                                           ``failed``
 ``rotator_key_age_seconds{key}``                          age of the key now current
+``rotator_key_max_age_seconds{key}``                      the key's ``max_age`` from the rotation file
 ``rotator_key_phase{key,phase}``                          1 for the key's phase, 0 for the others
 ``rotator_last_success_timestamp_seconds{key}``           end of the last pass that left the key
                                                           ``ok`` or ``waiting``
@@ -130,6 +131,12 @@ class Metrics:
             ["key", "phase"],
             registry=reg,
         )
+        self.max_age = Gauge(
+            "rotator_key_max_age_seconds",
+            "The key's max_age from the rotation file: older than this, the key is overdue.",
+            ["key"],
+            registry=reg,
+        )
         self.last_success = Gauge(
             "rotator_last_success_timestamp_seconds",
             "End of the last pass that left the key ok or waiting.",
@@ -160,6 +167,8 @@ class Metrics:
         if started is not None:
             self.pass_duration.observe(max(0.0, now - started))
         for r in results:
+            if r.key in engine.spec.keys:
+                self.max_age.labels(r.key).set(engine.spec.max_age(r.key).total_seconds())
             if r.outcome == "busy":
                 continue  # another runner holds the key: its pass is not ours to report
             if r.phase in PHASES:
@@ -217,6 +226,7 @@ class Metrics:
         with self._lock:
             self._born.pop(key, None)
         self.last_success.remove(key)
+        self.max_age.remove(key)
         for phase in PHASES:
             self.phase.remove(key, phase)
         for phase in _SPAN_PHASES:

@@ -80,7 +80,7 @@ Duration = Annotated[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 # --------------------------------------------------------------------------- credentials
@@ -236,11 +236,16 @@ TargetSpec = Annotated[FileTarget | AwsTarget | VaultTarget | GcpTarget, Field(d
 # --------------------------------------------------------------------------- keys
 
 
+CRON_FIELDS = r"^\s*\S+(\s+\S+){4}\s*$"
+"""The shape of a cron expression (five fields), for the JSON Schema; validation parses it."""
+
+
 class KeySpec(_Model):
     issuer: str = Field(min_length=1)
     kind: Literal["workspace", "agent"] | None = None
     agent_id: str | None = None
-    schedule: str | None = None
+    schedule: str | None = Field(default=None, json_schema_extra={"pattern": CRON_FIELDS})
+    """A 5-field cron expression (UTC); max_age alone also makes a key due."""
     strategy: Literal["overlap", "cutover"] | None = None
     max_age: Duration | None = None
     verify: VerifyPolicy | None = None

@@ -27,6 +27,7 @@ A, B = "0b6a3c1e-8f4d-4e2a-9c7b-1d2e3f4a5b6c", "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d
 NAMES = (
     "rotator_rotations_total",
     "rotator_key_age_seconds",
+    "rotator_key_max_age_seconds",
     "rotator_key_phase",
     "rotator_last_success_timestamp_seconds",
     "rotator_phase_duration_seconds",
@@ -178,6 +179,25 @@ def test_busy_and_held_results(engine: Engine, clock: Clock) -> None:
     assert _get(m, "rotator_rotations_total", key="payments", result="held") == 2
     assert _get(m, "rotator_key_phase", key="payments", phase="held") == 1
     assert _get(m, "rotator_last_success_timestamp_seconds", key="payments") is None
+
+
+def test_max_age_gauge_follows_the_rotation_file(
+    tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """rotator_key_max_age_seconds is the key's own max_age, else the defaults'; forget drops it."""
+    monkeypatch.setenv(ADMIN_ENV, emulator.emulator.bootstrap_workspace_key())
+    path = write_spec(tmp_path, emulator, targets=1, max_age="30d")
+    m = Metrics()
+    with Engine(load_rotation_file(path), base_dir=tmp_path, settings=FAST) as engine:
+        m.observe_results(engine, [KeyResult("payments", "held", "held", "needs a person")])
+    assert _get(m, "rotator_key_max_age_seconds", key="payments") == 30 * 86400
+    path.write_text(path.read_text().replace("    issuer: emu\n", "    issuer: emu\n    max_age: 12h\n", 1))
+    with Engine(load_rotation_file(path), base_dir=tmp_path, settings=FAST) as engine:
+        assert engine.spec.keys["payments"].max_age is not None
+        m.observe_results(engine, [KeyResult("payments", "held", "held", "needs a person")])
+    assert _get(m, "rotator_key_max_age_seconds", key="payments") == 12 * 3600
+    m.forget("payments")
+    assert _get(m, "rotator_key_max_age_seconds", key="payments") is None
 
 
 def test_forget_drops_a_removed_keys_gauges(engine: Engine, clock: Clock) -> None:
