@@ -159,6 +159,9 @@ def _run(
             metrics.push(pushgateway)
         except RotatorError as exc:  # metrics are a report: they never change the outcome
             click.echo(redact(f"rotator: warning: {exc}"), err=True)
+    from rotator.notify import notify
+
+    notify(engine, results)
     if any(r.outcome == "failed" for r in results):
         sys.exit(EXIT_FAILED)
     sys.exit(EXIT_HELD if any(r.outcome == "held" for r in results) else EXIT_OK)
@@ -332,6 +335,9 @@ def emergency(
         key_id=key_id,
         started=STARTED,
     )
+    from rotator.notify import notify
+
+    notify(engine, [], emergency=report)
     if output == "json":
         _emit(asdict(report))
     else:

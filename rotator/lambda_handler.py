@@ -26,6 +26,7 @@ The rotation file comes from ``ROTATOR_FILE_S3`` (``s3://bucket/key``), else
 defaults to ``/tmp/rotator`` (Lambda's only writable place). When the file
 chooses no DynamoDB lease, ``ROTATOR_LEASE_TABLE`` (set by the SAM template)
 supplies one. Answers and logs name keys by id, prefix and fingerprint only.
+Each pass ends with its notifications (the rotation file's ``notify:``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from rotator.engine.lease import Lease
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
 from rotator.logs import redact
+from rotator.notify import notify
 from rotator.spec import (
     AwsTarget,
     DynamoDBLeaseSpec,
@@ -87,6 +89,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _scheduled(context: Any) -> dict[str, Any]:
     with _engine(context) as engine:
         results = engine.apply(list(engine.spec.keys))
+        notify(engine, results)
     for r in results:  # the journal lives in /tmp: these lines are the lasting record
         level = logging.ERROR if r.outcome in ("held", "failed") else logging.INFO
         log.log(level, "%s: %s (%s), steps %s: %s", r.key, r.outcome, r.phase, r.steps or "none", r.message)
@@ -188,6 +191,7 @@ def _emergency(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if key not in engine.spec.keys:
             raise ConfigError(f"unknown key {key!r} (declared: {', '.join(engine.spec.keys)})")
         report = emergency.run_emergency(engine, key, reason=reason, leaked_since=None, keep_serving=False)
+        notify(engine, [], emergency=report)
     return _safe({"event": "emergency", "key": key, "report": _plain(report)})
 
 
