@@ -66,9 +66,14 @@ def _emit(data: Any) -> None:
     help="The rotation file (default: $ROTATOR_FILE, then ./rotations.yaml).",
 )
 @click.option("--debug", is_flag=True, help="Log every step and show tracebacks.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or one JSON object each (default: $ROTATOR_LOG_FORMAT, then text).",
+)
 @click.version_option(__version__, prog_name="rotator")
 @click.pass_context
-def cli(ctx: click.Context, file: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, file: Path | None, debug: bool, log_format: str | None) -> None:
     """Rotate third-party API keys as code.
 
     Keys, their vendors and the secret stores that hold them are declared in a
@@ -77,7 +82,9 @@ def cli(ctx: click.Context, file: Path | None, debug: bool) -> None:
     consumers have left the old key, and only then revoke it.
     """
     obj = Context(file, debug)
-    configure(obj.settings.log_level, debug=obj.debug)
+    if log_format is not None:
+        obj.settings = obj.settings.model_copy(update={"log_format": log_format})
+    configure(obj.settings.log_level, debug=obj.debug, fmt=obj.settings.log_format)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 
@@ -140,11 +147,13 @@ def _run(
         sys.exit(EXIT_OK)
     import time
 
-    from rotator.progress import ProgressView
+    from rotator.progress import ProgressView, log_progress
 
     started = time.time()
-    with ProgressView(enabled=output == "text") as view:
-        results = engine.apply(names, force=force, wait=wait, parallel=parallel, progress=view.update)
+    json_logs = obj.settings.log_format == "json"  # stderr carries JSON lines only
+    with ProgressView(enabled=output == "text" and not json_logs) as view:
+        progress = log_progress if json_logs else view.update
+        results = engine.apply(names, force=force, wait=wait, parallel=parallel, progress=progress)
     if output == "json":
         _emit([r.as_dict() for r in results])
     else:

@@ -26,7 +26,8 @@ The rotation file comes from ``ROTATOR_FILE_S3`` (``s3://bucket/key``), else
 defaults to ``/tmp/rotator`` (Lambda's only writable place). When the file
 chooses no DynamoDB lease, ``ROTATOR_LEASE_TABLE`` (set by the SAM template)
 supplies one. Answers and logs name keys by id, prefix and fingerprint only.
-Each pass ends with its notifications (the rotation file's ``notify:``).
+Logs are JSON lines unless ``ROTATOR_LOG_FORMAT=text``. Each pass ends with its
+notifications (the rotation file's ``notify:``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from rotator.abc import StoredVersion, TargetState
 from rotator.engine.lease import Lease
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
-from rotator.logs import redact
+from rotator.logs import JsonFormatter, redact
 from rotator.notify import notify
 from rotator.spec import (
     AwsTarget,
@@ -278,6 +279,8 @@ def settings() -> Settings:
     found = Settings()
     if found.state_dir is None:
         found = found.model_copy(update={"state_dir": Path(tempfile.gettempdir()) / "rotator"})
+    if "ROTATOR_LOG_FORMAT" not in os.environ:  # CloudWatch Logs Insights reads JSON lines
+        found = found.model_copy(update={"log_format": "json"})
     return found
 
 
@@ -374,9 +377,12 @@ def _configure_logging() -> None:
     if _configured or "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
         return
     root = logging.getLogger()
+    found = settings()
     for h in root.handlers:  # keep the runtime's handler (it adds the request id)
         h.addFilter(_redact_record)
-    root.setLevel(Settings().log_level)
+        if found.log_format == "json":
+            h.setFormatter(JsonFormatter())
+    root.setLevel(found.log_level)
     for noisy in ("botocore", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True

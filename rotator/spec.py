@@ -608,6 +608,8 @@ class Settings(BaseSettings):
     """Keys reconciled at once in one pass."""
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line (for log pipelines)."""
     retry_attempts: int = Field(default=5, ge=1, le=20)
     retry_initial: float = Field(default=0.5, gt=0)
     retry_max_total: float = Field(default=120.0, gt=0)
