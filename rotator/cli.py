@@ -370,6 +370,34 @@ def emergency(
     sys.exit(codes.get(report.outcome, EXIT_OK))
 
 
+@cli.command()
+@click.argument("keys", nargs=-1)
+@click.option(
+    "--output",
+    type=click.Choice(["table", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+    help="html: one self-contained page with a chart of key ages against max_age.",
+)
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Write to this file, not stdout.")
+@click.pass_obj
+def report(obj: Context, keys: tuple[str, ...], output: str, out: Path | None) -> None:
+    """The compliance report: per key its issuer, age against max_age, last rotation, last
+    emergency, phase and the journal entries that prove each rotation."""
+    from rotator.report import build, render
+
+    engine = obj.engine()
+    text = render(build(engine, _keys(engine.spec, keys)), output)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise RotatorError(f"{out}: cannot write the report ({exc.strerror})") from None
+    click.echo(f"report written to {out}")
+
+
 @cli.group()
 def audit() -> None:
     """The audit journal (hash-chained JSON lines in state_dir)."""

@@ -113,6 +113,8 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer, log_format
         ["--debug", "status", "--output", "json"],
         ["--debug", "plan", "--output", "json"],
         ["--debug", "audit", "verify"],
+        ["--debug", "report", "--output", "json"],
+        ["--debug", "report", "--output", "html"],
     ):
         proc = run_cli(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
