@@ -326,3 +326,35 @@ def test_apprise_is_imported_only_with_a_notify_section(tmp_path: Path, emulator
         env=dict(os.environ),
     )
     assert "APPRISE False" in out.stdout, out.stdout + out.stderr
+
+
+def test_cutover_reset_is_one_completed_message(
+    tmp_path: Path, emulator: EmulatorServer, receiver: Receiver
+) -> None:
+    """On a reset-only vendor a verified reset is the completed rotation: one message, with
+    no raw key in it."""
+    raw = emulator.emulator.create_app("app_9")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/app.key").write_text(raw + "\n")
+    (tmp_path / "rotations.yaml").write_text(f"""\
+version: 1
+state_dir: state
+issuers:
+  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_9}}
+keys:
+  app:
+    issuer: lendsqr
+    targets: [{{type: file, path: secrets/app.key}}]
+notify:
+  - {{url: {{env: {URL_ENV}}}, on: [completed, held, failed]}}
+""")
+    env = {URL_ENV: receiver.url, **FAST_ENV}
+    assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0  # adopts the stored key
+    assert receiver.events() == []
+    proc = run_cli("rotate", "app", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0
+    assert receiver.events() == [("app", "completed")]
+    new = (tmp_path / "secrets/app.key").read_text().strip()
+    assert new != raw
+    _assert_no_raw_key(tmp_path, receiver, raw, new)
