@@ -48,7 +48,7 @@ def test_apply_emits_only_json_lines_without_raw_keys(tmp_path: Path, emulator: 
         assert value and value not in first.stderr + second.stderr
 
 
-def test_held_key_is_named_in_its_json_line(tmp_path: Path, emulator: EmulatorServer) -> None:
+def test_failed_key_is_named_in_its_json_line(tmp_path: Path, emulator: EmulatorServer) -> None:
     """A failed key's warning carries the key and phase as fields, not only in the message."""
     write_spec(tmp_path, emulator)
     proc = run_cli("--log-format", "json", "apply", cwd=tmp_path, env={**FAST_ENV, ADMIN_ENV: ""})
