@@ -29,6 +29,7 @@ demo: $(STAMP)
 
 ## test: lint, type-check and the whole suite, with real local servers
 test: $(STAMP) $(TOOLS_STAMP)
+	command -v chromium || (apt-get update && apt-get install -y chromium)  # the HTML report's screenshot test
 	$(BIN)/ruff check rotator providers tests benchmarks
 	$(BIN)/mypy
 	ROTATOR_TOOLS_BIN=$(CURDIR)/$(TOOLS)/bin $(BIN)/python -m pytest -q -n 2 --dist loadfile

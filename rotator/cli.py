@@ -69,9 +69,14 @@ def _emit(data: Any) -> None:
     help="The rotation file (default: $ROTATOR_FILE, then ./rotations.yaml).",
 )
 @click.option("--debug", is_flag=True, help="Log every step and show tracebacks.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log lines as text or one JSON object each (default: $ROTATOR_LOG_FORMAT, then text).",
+)
 @click.version_option(__version__, prog_name="rotator")
 @click.pass_context
-def cli(ctx: click.Context, file: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, file: Path | None, debug: bool, log_format: str | None) -> None:
     """Rotate third-party API keys as code.
 
     Keys, their vendors and the secret stores that hold them are declared in a
@@ -80,7 +85,9 @@ def cli(ctx: click.Context, file: Path | None, debug: bool) -> None:
     consumers have left the old key, and only then revoke it.
     """
     obj = Context(file, debug)
-    configure(obj.settings.log_level, debug=obj.debug)
+    if log_format is not None:
+        obj.settings = obj.settings.model_copy(update={"log_format": log_format})
+    configure(obj.settings.log_level, debug=obj.debug, fmt=obj.settings.log_format)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 
@@ -159,16 +166,20 @@ def _run(
     import time
 
     from rotator.interrupt import stop_on_signals
-    from rotator.progress import ProgressView
+    from rotator.progress import ProgressView, log_progress
 
     started = time.time()
-    with stop_on_signals(engine.stopping) as caught, ProgressView(enabled=output == "text") as view:
+    json_logs = obj.settings.log_format == "json"  # stderr carries JSON lines only
+    with (
+        stop_on_signals(engine.stopping) as caught,
+        ProgressView(enabled=output == "text" and not json_logs) as view,
+    ):
         results = engine.apply(
             names,
             force=force,
             wait=wait,
             parallel=parallel,
-            progress=view.update,
+            progress=log_progress if json_logs else view.update,
             wait_timeout=wait_timeout,
             lock_timeout=lock_timeout,
         )
@@ -186,6 +197,9 @@ def _run(
             metrics.push(pushgateway)
         except RotatorError as exc:  # metrics are a report: they never change the outcome
             click.echo(redact(f"rotator: warning: {exc}"), err=True)
+    from rotator.notify import notify
+
+    notify(engine, results)
     if caught.signum is not None:
         click.echo(
             f"rotator: {caught.name}: stopped after the step in hand and released the lease; "
@@ -417,6 +431,9 @@ def emergency(
         started=STARTED,
         lock_timeout=lock_timeout,
     )
+    from rotator.notify import notify
+
+    notify(engine, [], emergency=report)
     if output == "json":
         _emit(asdict(report))
     else:
@@ -438,6 +455,34 @@ def emergency(
         click.echo(f"{key}: {report.outcome}: {report.message}; report {report.report_path}")
     codes = {"failed": EXIT_FAILED, "held": EXIT_HELD}
     sys.exit(codes.get(report.outcome, EXIT_OK))
+
+
+@cli.command()
+@click.argument("keys", nargs=-1)
+@click.option(
+    "--output",
+    type=click.Choice(["table", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+    help="html: one self-contained page with a chart of key ages against max_age.",
+)
+@click.option("--out", "out", type=click.Path(path_type=Path), help="Write to this file, not stdout.")
+@click.pass_obj
+def report(obj: Context, keys: tuple[str, ...], output: str, out: Path | None) -> None:
+    """The compliance report: per key its issuer, age against max_age, last rotation, last
+    emergency, phase and the journal entries that prove each rotation."""
+    from rotator.report import build, render
+
+    engine = obj.engine()
+    text = render(build(engine, _keys(engine.spec, keys)), output)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise RotatorError(f"{out}: cannot write the report ({exc.strerror})") from None
+    click.echo(f"report written to {out}")
 
 
 @cli.group()

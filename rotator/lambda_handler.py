@@ -26,6 +26,8 @@ The rotation file comes from ``ROTATOR_FILE_S3`` (``s3://bucket/key``), else
 defaults to ``/tmp/rotator`` (Lambda's only writable place). When the file
 chooses no DynamoDB lease, ``ROTATOR_LEASE_TABLE`` (set by the SAM template)
 supplies one. Answers and logs name keys by id, prefix and fingerprint only.
+Logs are JSON lines unless ``ROTATOR_LOG_FORMAT=text``. Each pass ends with its
+notifications (the rotation file's ``notify:``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ from rotator.abc import StoredVersion, TargetState
 from rotator.engine.lease import Lease
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
-from rotator.logs import redact
+from rotator.logs import JsonFormatter, redact
+from rotator.notify import notify
 from rotator.spec import (
     AwsTarget,
     DynamoDBLeaseSpec,
@@ -87,6 +90,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _scheduled(context: Any) -> dict[str, Any]:
     with _engine(context) as engine:
         results = engine.apply(list(engine.spec.keys))
+        notify(engine, results)
     for r in results:  # the journal lives in /tmp: these lines are the lasting record
         level = logging.ERROR if r.outcome in ("held", "failed") else logging.INFO
         log.log(level, "%s: %s (%s), steps %s: %s", r.key, r.outcome, r.phase, r.steps or "none", r.message)
@@ -188,6 +192,7 @@ def _emergency(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if key not in engine.spec.keys:
             raise ConfigError(f"unknown key {key!r} (declared: {', '.join(engine.spec.keys)})")
         report = emergency.run_emergency(engine, key, reason=reason, leaked_since=None, keep_serving=False)
+        notify(engine, [], emergency=report)
     return _safe({"event": "emergency", "key": key, "report": _plain(report)})
 
 
@@ -274,6 +279,8 @@ def settings() -> Settings:
     found = Settings()
     if found.state_dir is None:
         found = found.model_copy(update={"state_dir": Path(tempfile.gettempdir()) / "rotator"})
+    if "ROTATOR_LOG_FORMAT" not in os.environ:  # CloudWatch Logs Insights reads JSON lines
+        found = found.model_copy(update={"log_format": "json"})
     return found
 
 
@@ -370,9 +377,12 @@ def _configure_logging() -> None:
     if _configured or "AWS_LAMBDA_FUNCTION_NAME" not in os.environ:
         return
     root = logging.getLogger()
+    found = settings()
     for h in root.handlers:  # keep the runtime's handler (it adds the request id)
         h.addFilter(_redact_record)
-    root.setLevel(Settings().log_level)
+        if found.log_format == "json":
+            h.setFormatter(JsonFormatter())
+    root.setLevel(found.log_level)
     for noisy in ("botocore", "urllib3", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _configured = True

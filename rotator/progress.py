@@ -3,6 +3,7 @@ while a key drains. Written to stderr so ``--output json`` stays clean."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime
 from types import TracebackType
@@ -67,3 +68,19 @@ class ProgressView:
                 left = max(0.0, (d.until - now).total_seconds()) if d.until else 0.0
                 lines.append(f"  {key}: {d.phase}, {left:5.0f}s left: {d.reason}")
         return Text(redact("\n".join(lines)))
+
+
+_log = logging.getLogger("rotator.progress")
+
+
+def log_progress(key: str, decision: Decision) -> None:
+    """The progress of ``--log-format json`` runs: each decision is one INFO log record with
+    the key, phase and action as fields (no lines of text among the JSON ones)."""
+    _log.info(
+        "%s: %s -> %s: %s",
+        key,
+        decision.phase,
+        decision.action,
+        decision.reason,
+        extra={"key": key, "phase": decision.phase, "event": decision.action},
+    )

@@ -35,6 +35,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
 from rotator.metrics import Metrics
+from rotator.notify import notify
 from rotator.spec import RotationFile, Settings, cron_trigger, load_rotation_file, parse_duration
 
 log = logging.getLogger("rotator.scheduler")
@@ -241,6 +242,7 @@ class Daemon:
                 results: list[KeyResult] = run(engine)
                 self._record(results)
                 self.metrics.observe_results(engine, results, started=started)
+                notify(engine, results)
         except Exception as exc:  # a crashed pass must not end the daemon
             crash = f"{type(exc).__name__}: {exc}"
             log.debug("pass crashed", exc_info=True)

@@ -261,6 +261,38 @@ class KeySpec(_Model):
         return self
 
 
+# --------------------------------------------------------------------------- notifications
+
+NotifyEvent = Literal["held", "failed", "emergency", "completed", "overdue"]
+
+
+def _no_inline_url(value: object) -> object:
+    if isinstance(value, str):
+        raise ValueError(
+            "an inline URL is not allowed (it would put a webhook's secret in the file): "
+            "use {env: NAME} or {key: NAME}"
+        )
+    return value
+
+
+class NotifySpec(_Model):
+    """Where to tell people what happened (an Apprise URL), and about which events and keys."""
+
+    url: Annotated[Credential, BeforeValidator(_no_inline_url)]
+    """The Apprise URL, from the environment or a declared key: never inline."""
+    on: list[NotifyEvent] = Field(min_length=1)
+    keys: list[str] | None = None
+    """Only these keys (default: every key)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_is_a_word(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads the bare key `on` as the boolean true
+        if isinstance(data, dict) and True in data and "on" not in data:
+            return {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -291,6 +323,7 @@ class RotationFile(_Model):
     defaults: Defaults = Defaults()
     issuers: dict[str, IssuerSpec] = Field(min_length=1)
     keys: dict[str, KeySpec] = Field(min_length=1)
+    notify: list[NotifySpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> RotationFile:
@@ -332,6 +365,7 @@ class RotationFile(_Model):
                 ref = issuer.credential.key
                 if ref not in self.keys:
                     out.append((("issuers", name, "credential", "key"), f"no key named {ref!r} is declared"))
+        out += _notify_problems(self)
         return out
 
     def strategy(self, key: str) -> Literal["overlap", "cutover"]:
@@ -346,6 +380,17 @@ class RotationFile(_Model):
 
     def verify(self, key: str) -> VerifyPolicy:
         return self.keys[key].verify or self.defaults.verify
+
+
+def _notify_problems(spec: RotationFile) -> list[tuple[tuple[str, ...], str]]:
+    out: list[tuple[tuple[str, ...], str]] = []
+    for i, entry in enumerate(spec.notify):
+        if isinstance(entry.url, KeyRef) and entry.url.key not in spec.keys:
+            out.append((("notify", str(i), "url", "key"), f"no key named {entry.url.key!r} is declared"))
+        for j, name in enumerate(entry.keys or ()):
+            if name not in spec.keys:
+                out.append((("notify", str(i), "keys", str(j)), f"no key named {name!r} is declared"))
+    return out
 
 
 _IAM_TAG_SAFE = re.compile(r"[\w .:/=+@-]{1,200}")
@@ -568,6 +613,8 @@ class Settings(BaseSettings):
     """Keys reconciled at once in one pass."""
     debug: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line (for log pipelines)."""
     retry_attempts: int = Field(default=5, ge=1, le=20)
     retry_initial: float = Field(default=0.5, gt=0)
     retry_max_total: float = Field(default=120.0, gt=0)

@@ -7,6 +7,7 @@ old key revoked only after the drain.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,12 +98,14 @@ def test_two_processes_one_mint(tmp_path: Path, emulator: EmulatorServer) -> Non
     assert "held by" in stdout or "draining" in stdout
 
 
-def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer) -> None:
-    """No raw key in anything printed or written under state_dir, even with --debug."""
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer, log_format: str) -> None:
+    """No raw key in anything printed or written under state_dir, even with --debug, in text
+    and in JSON logs."""
     admin = emulator.emulator.bootstrap_workspace_key()
-    env = {ADMIN_ENV: admin, **FAST_ENV, "ROTATOR_LOG_LEVEL": "DEBUG"}
+    env = {ADMIN_ENV: admin, **FAST_ENV, "ROTATOR_LOG_LEVEL": "DEBUG", "ROTATOR_LOG_FORMAT": log_format}
     write_spec(tmp_path, emulator, drain="0s", propagation="0s")
-    outputs = []
+    outputs, stderrs = [], []
     for args in (
         ["--debug", "apply"],
         ["--debug", "rotate", "payments", "--wait"],
@@ -110,10 +113,13 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer) -> None:
         ["--debug", "status", "--output", "json"],
         ["--debug", "plan", "--output", "json"],
         ["--debug", "audit", "verify"],
+        ["--debug", "report", "--output", "json"],
+        ["--debug", "report", "--output", "html"],
     ):
         proc = run_cli(*args, cwd=tmp_path, env=env)
         assert proc.returncode == 0, proc.stderr
         outputs.append(proc.stdout + proc.stderr)
+        stderrs.append(proc.stderr)
         if args[1] == "apply":
             first = read_dotenv_key(tmp_path / "secrets/a.env")
     second = read_dotenv_key(tmp_path / "secrets/a.env")
@@ -123,6 +129,8 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer) -> None:
     ]
     assert written, "state_dir should hold the journal"
     assert any("rotator.vendors" in o or "DEBUG" in o for o in outputs)
+    if log_format == "json":  # stderr is log lines only, each one JSON
+        assert all(json.loads(line) for o in stderrs for line in o.splitlines())
     for canary in (admin, first, second):
         for text in outputs + written:
             assert canary not in text

@@ -127,7 +127,7 @@ def test_emergency_imports_no_unused_sdk(tmp_path: Path, setup: dict[str, str]) 
         "try:\n"
         "    main(['emergency', 'payments', '--reason', 'x'])\n"
         "except SystemExit as e:\n"
-        "    heavy = ('boto3', 'botocore', 'hvac', 'google', 'grpc', 'apscheduler', 'prometheus_client')\n"
+        "    heavy = ('boto3', 'botocore', 'hvac', 'google', 'grpc', 'apscheduler', 'prometheus_client', 'apprise')\n"
         "    bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "    print('IMPORTED', bad, 'EXIT', e.code)\n"
     )

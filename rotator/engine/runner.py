@@ -456,7 +456,7 @@ class Engine:
             self.journal.append(
                 "held" if decision.action == "hold" else "failed", key=key, reason=decision.reason
             )
-            log.warning("%s: %s", key, decision.reason)
+            log.warning("%s: %s", key, decision.reason, extra={"key": key, "phase": decision.phase})
         return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
 
     def _back_off(self, key: str, exc: Transient, backoff: float, give_up: datetime) -> bool:
