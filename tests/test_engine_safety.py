@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from rotator.abc import Issuer
+from rotator.abc import Capabilities, Issuer, TargetState, VendorKey
+from rotator.engine.decide import decide
+from rotator.engine.model import Observation, TargetObs, attempt_name
 from rotator.engine.runner import Engine
 from rotator.sandbox.emulator import EmulatorServer
-from rotator.spec import Settings, load_rotation_file
+from rotator.spec import Settings, VerifyPolicy, load_rotation_file
 from rotator.vendors import make_issuer
 from tests.conftest import run_cli
 from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
@@ -51,6 +54,124 @@ keys:
     targets:
 {targets}""")
     return path
+
+
+# --------------------------------------------------------------------------- issue 10 item 2
+
+
+def _secret_id(tmp_path: Path) -> str:
+    """A name no other test on the shared moto server uses."""
+    return f"safety/{abs(hash(str(tmp_path))):x}"
+
+
+def _aws_world(
+    tmp_path: Path, emulator: EmulatorServer, moto_server: str, admin: str
+) -> tuple[Path, dict[str, str], Any]:
+    """One key whose only target is a Secrets Manager secret on the moto server."""
+    import boto3
+
+    secret_id = _secret_id(tmp_path)
+    env = {
+        ADMIN_ENV: admin,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        **FAST_ENV,
+    }
+    path = write_spec(
+        tmp_path,
+        emulator,
+        targets=0,
+        extra=(
+            f'      - {{type: aws, secret_id: "{secret_id}", region: us-east-1, '
+            f'endpoint_url: "{moto_server}", field: ADJUDON_API_KEY}}\n'
+        ),
+    )
+    client = boto3.client(
+        "secretsmanager",
+        endpoint_url=moto_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    return path, env, client
+
+
+def _apply_then_lose_the_target(
+    tmp_path: Path,
+    emulator: EmulatorServer,
+    moto_server: str,
+    admin: str,
+    lose: Callable[[Path, Any, str], None],
+) -> None:
+    path, env, sm = _aws_world(tmp_path, emulator, moto_server, admin)
+    first = run_cli("apply", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    secret_id = _secret_id(tmp_path)
+    stored = json.loads(sm.get_secret_value(SecretId=secret_id)["SecretString"])["ADJUDON_API_KEY"]
+    used = httpx.post(  # a consumer sends a trace with the stored key
+        f"{emulator.url}/api/v1/traces",
+        json={"event": "consumer"},
+        headers={"Authorization": f"Bearer {stored}"},
+    )
+    assert used.status_code < 300, used.status_code
+    lose(path, sm, secret_id)
+
+    proc = run_cli("apply", cwd=tmp_path, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out
+    assert "renamed or its secret deleted" in out and "last used" in out
+    assert emulator.emulator.key_accepted(stored), "a key consumers still use was revoked"
+    assert [k["prefix"] for k in agent_keys(emulator, active=True)] == [stored[:13]]
+    assert not any(e["event"] == "orphan-revoked" for e in journal(tmp_path))
+    assert stored not in out
+
+
+def test_renamed_target_holds_instead_of_revoking(
+    tmp_path: Path, emulator: EmulatorServer, moto_server: str, admin: str
+) -> None:
+    """A target whose secret_id changed: the key it held, still used, is held, not revoked."""
+
+    def rename(path: Path, sm: Any, secret_id: str) -> None:
+        path.write_text(path.read_text().replace(secret_id, secret_id + "-renamed"))
+
+    _apply_then_lose_the_target(tmp_path, emulator, moto_server, admin, rename)
+
+
+def test_deleted_secret_holds_instead_of_revoking(
+    tmp_path: Path, emulator: EmulatorServer, moto_server: str, admin: str
+) -> None:
+    """A target whose secret was deleted: the key it held, still used, is held, not revoked."""
+
+    def delete(path: Path, sm: Any, secret_id: str) -> None:
+        sm.delete_secret(SecretId=secret_id, ForceDeleteWithoutRecovery=True)
+
+    _apply_then_lose_the_target(tmp_path, emulator, moto_server, admin, delete)
+
+
+def test_orphan_rule_needs_no_stage_and_no_use() -> None:
+    """decide: an unheld rotator key is an orphan only when never stored and never used."""
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def world(used: datetime | None, stored: frozenset[str]) -> Observation:
+        key = VendorKey("key_1", "adj_agent_000", attempt_name("k", "a1"), "active", t0, used)
+        return Observation(
+            key="k",
+            now=t0 + timedelta(hours=1),
+            vendor=(key,),
+            targets=(TargetObs("t0", TargetState(None, None)),),
+            capabilities=Capabilities(max_active=2, overlap=True, prefix_len=13),
+            strategy="overlap",
+            policy=VerifyPolicy(),
+            max_age=timedelta(days=30),
+            stored_attempts=stored,
+        )
+
+    assert decide(world(None, frozenset())).action == "revoke"
+    for case in (world(t0 + timedelta(minutes=5), frozenset()), world(None, frozenset({"a1"}))):
+        d = decide(case)
+        assert (d.action, d.key_id) == ("hold", "key_1"), d
+        assert "renamed or its secret deleted" in d.reason
 
 
 # --------------------------------------------------------------------------- issue 11 item 11
@@ -108,7 +229,7 @@ def test_overlap_checks_target_access_before_minting(
 ) -> None:
     """A target the runner may read but not write stops an overlap rotation before the mint:
     no second key at the vendor, every target keeps the old key."""
-    secret = f"safety/{tmp_path.name[-12:]}"
+    secret = _secret_id(tmp_path)
     monkeypatch.setenv("SAFETY_VAULT_TOKEN", openbao_server.root_token)
     path = write_spec(
         tmp_path,

@@ -5,7 +5,10 @@ The rules, in the order they are tried, keep DESIGN.md's invariants:
 overlap (two keys may be active):
   1. a target that cannot be read stops the pass: nothing is minted or revoked blind;
   2. an active key the rotator minted that no target holds, newer than every stored key,
-     is an orphan (minted, then the process died before storing it): revoke it;
+     is an orphan (minted, then the process died before storing it) only when the journal
+     shows no write of its attempt to any target and the vendor shows no use since its mint:
+     revoke it. Otherwise it was stored once and a target was renamed or its secret deleted:
+     hold for a person, never revoke a key consumers may still use;
   3. the newest stored key the vendor still accepts is the desired one: stage it where it is
      missing, then promote it where it is not current, or where a promote was cut short (the
      probe happens before promoting);
@@ -178,13 +181,26 @@ def _decide_overlap(obs: Observation) -> Decision:
         attempt = attempt_of(obs.key, k)
         if k.id in referenced or attempt is None:
             continue
-        if newest_stored is None or k.created_at > newest_stored:
+        if newest_stored is not None and k.created_at <= newest_stored:
+            continue  # an older key: it drains below
+        used = k.last_used_at is not None and k.last_used_at >= k.created_at
+        if attempt not in obs.stored_attempts and not used:
             return Decision(
                 "revoke",
                 "minted",
                 f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
                 key_id=k.id,
             )
+        last = f"last used {when(k.last_used_at)}" if used and k.last_used_at else "never used"
+        was = "was written to a target" if attempt in obs.stored_attempts else "has been used"
+        return Decision(
+            "hold",
+            "held",
+            f"active key {show(k)} ({last}) {was} but no target holds it now: a target was "
+            "likely renamed or its secret deleted. Not revoking a key consumers may still use: "
+            "put the target back, or move its consumers and revoke the key by hand",
+            key_id=k.id,
+        )
 
     live = [(k, v) for k, v in stored if k.active]
     if not live:

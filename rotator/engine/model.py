@@ -72,6 +72,10 @@ class Observation:
     delete_after: timedelta | None = None
     """Issuers whose revoke is two-step (deactivate, then delete): how long a key stays
     inactive before it is deleted."""
+    stored_attempts: frozenset[str] = frozenset()
+    """Attempts the journal shows writing their key to some target (staged, promoted or
+    reset), among those of the active keys no target holds now: such a key was stored once,
+    so it is no orphan (a target was renamed or deleted)."""
 
 
 @dataclass(frozen=True)

@@ -6,19 +6,19 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Issuer, SecretStore, TargetState
+from rotator.abc import Issuer, SecretStore, TargetState, VendorKey
 from rotator.audit import Journal
 from rotator.engine.act import Actor
 from rotator.engine.decide import decide
 from rotator.engine.lease import FileLease, Lease
-from rotator.engine.model import Decision, Observation, TargetObs
+from rotator.engine.model import Decision, Observation, TargetObs, attempt_of
 from rotator.errors import (
     Held,
     LeaseBusy,
@@ -40,6 +40,8 @@ from rotator.spec import (
 log = logging.getLogger("rotator.engine")
 
 Outcome = Literal["ok", "waiting", "held", "failed", "busy"]
+_STORED_EVENTS = frozenset({"staged", "promoted", "reset"})
+"""Journal events that mean an attempt's key reached a target."""
 MAX_STEPS = 16
 """Steps one key may take in one pass; a rotation needs about six."""
 
@@ -227,6 +229,7 @@ class Engine:
         for value in [*values, *([bootstrap] if bootstrap else [])]:
             owners[value.fingerprint] = tuple(k.id for k in vendor if issuer.matches(value, k))
         return Observation(
+            stored_attempts=self._stored_attempts(key, vendor, owners),
             owners=owners,
             delete_after=getattr(self.spec.issuers[spec.issuer], "delete_after", None),
             key=key,
@@ -240,6 +243,22 @@ class Engine:
             next_schedule_fire=fire,
             force=force,
             bootstrap=bootstrap,
+        )
+
+    def _stored_attempts(
+        self, key: str, vendor: Sequence[VendorKey], owners: Mapping[str, tuple[str, ...]]
+    ) -> frozenset[str]:
+        """The attempts of active keys no target holds that the journal shows stored once."""
+        held = {k for ids in owners.values() for k in ids}
+        unheld = {
+            a for k in vendor if k.active and k.id not in held and (a := attempt_of(key, k))
+        }
+        if not unheld:
+            return frozenset()
+        return frozenset(
+            e["attempt"]
+            for e in self.journal.entries(key)
+            if e.get("event") in _STORED_EVENTS and e.get("attempt") in unheld
         )
 
     def _list_with_stored_key(
