@@ -7,6 +7,8 @@ AWS and a real OpenBao server for Vault.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,11 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from rotator.abc import Capabilities, Issuer, TargetState, VendorKey
+from rotator.abc import Capabilities, Issuer, TargetState, VendorKey, parse_time
 from rotator.engine.decide import decide
 from rotator.engine.model import Observation, TargetObs, attempt_name
 from rotator.engine.runner import Engine
 from rotator.sandbox.emulator import EmulatorServer
+from rotator.secret import Secret
 from rotator.spec import Settings, VerifyPolicy, load_rotation_file
 from rotator.vendors import make_issuer
 from tests.conftest import run_cli
@@ -172,6 +175,96 @@ def test_orphan_rule_needs_no_stage_and_no_use() -> None:
         d = decide(case)
         assert (d.action, d.key_id) == ("hold", "key_1"), d
         assert "renamed or its secret deleted" in d.reason
+
+
+# --------------------------------------------------------------------------- issue 10 item 6
+
+
+class _Stubborn:
+    """A consumer that keeps calling the vendor with the key it read once, until stopped."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url, self.key = url, key
+        self.calls = self.auth_failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while not self._stop.is_set():
+                r = client.post(
+                    "/api/v1/traces",
+                    json={"event": "stubborn"},
+                    headers={"Authorization": f"Bearer {self.key}"},
+                )
+                self.calls += 1
+                self.auth_failures += r.status_code == 401
+                self._stop.wait(0.1)
+
+    def __enter__(self) -> _Stubborn:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.mark.parametrize("skew", [30.0, -30.0], ids=["fast", "slow"])
+def test_clock_skew_fast_and_slow_never_revokes_a_used_key(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, skew: float
+) -> None:
+    """With the rotator's clock 30 s off the vendor's either way (propagation 1 s), an old key
+    still in use is never revoked, and the rotation completes once its consumer has moved."""
+    path = write_spec(tmp_path, emulator, drain="1s", propagation="1s", targets=1)
+    with _engine(path) as engine:
+        assert engine.apply(["payments"])[0].outcome == "ok"
+    old = read_dotenv_key(tmp_path / "secrets/a.env")
+    assert old is not None
+
+    def skewed() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=skew)
+
+    with _engine(path, clock=skewed) as engine, _Stubborn(emulator.url, old) as consumer:
+        first = engine.apply(["payments"], force=True)[0]
+        assert first.outcome == "waiting" and first.steps == ["mint", "promote"], first
+        deadline = time.monotonic() + 4.0  # propagation + drain, twice over
+        while time.monotonic() < deadline:
+            result = engine.apply(["payments"])[0]
+            assert result.outcome == "waiting" and "revoke" not in result.steps, result
+            time.sleep(0.25)
+        assert emulator.emulator.key_accepted(old), "an old key still in use was revoked"
+        consumer.stop()
+        assert consumer.calls > 20 and consumer.auth_failures == 0
+        done = engine.apply(["payments"], wait=True)[0]
+    assert done.outcome == "ok" and done.steps == ["revoke"], done
+    assert not emulator.emulator.key_accepted(old)
+    new = read_dotenv_key(tmp_path / "secrets/a.env")
+    assert new is not None and new != old and emulator.emulator.key_accepted(new)
+    promoted = [e for e in journal(tmp_path) if e["event"] == "promoted"][-1]
+    vendor_now = datetime.now(UTC)  # the emulator's clock is the real one
+    assert abs((parse_time(promoted["details"]["promoted_at"]) - vendor_now).total_seconds()) < 15
+
+
+def test_emulator_answers_carry_its_clock_in_date() -> None:
+    """The emulator's Date header is its own clock, which the client learns as vendor time."""
+    from rotator.sandbox.emulator import Emulator
+    from rotator.vendors.adjudon import AdjudonIssuer
+
+    then = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+    emu = Emulator(clock=lambda: then)
+    raw = emu.bootstrap_workspace_key()
+    with (
+        EmulatorServer(emu) as server,
+        AdjudonIssuer("emu", server.url, kind="workspace", credential=lambda: Secret(raw)) as issuer,
+    ):
+        assert issuer.vendor_now() is None
+        issuer.list_keys()
+        learnt = issuer.vendor_now()
+    assert learnt is not None and abs((learnt - then).total_seconds()) < 3
 
 
 # --------------------------------------------------------------------------- issue 11 item 11

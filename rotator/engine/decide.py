@@ -17,6 +17,9 @@ overlap (two keys may be active):
      at ``timeout`` (or revoke if the file says ``on_timeout: revoke``);
   5. otherwise the key is due (age, schedule, or a person asked) or current.
 
+Every time is judged in the vendor's clock (``Observation.clock_offset``): ``promoted_at`` is
+stamped in it and compared with the vendor's ``last_used_at``; ``until`` is handed back in ours.
+
 cutover (a reset revokes the old key at once):
   the vendor's one key must be in every target; if no target holds it and the stored key is
   rejected, a reset's value was lost: hold with recovery steps, never reset again blindly.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from rotator.abc import Stamp, StoredVersion, TargetState, VendorKey
@@ -60,9 +64,13 @@ def decide(obs: Observation) -> Decision:
             for t in broken
         )
         return Decision("fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}")
-    if obs.strategy == "cutover":
-        return _decide_cutover(obs)
-    return _decide_overlap(obs)
+    offset = obs.clock_offset
+    if not offset:
+        return _decide_cutover(obs) if obs.strategy == "cutover" else _decide_overlap(obs)
+    # one clock, the vendor's: promoted_at is stamped in it and compared with its last_used_at
+    seen = replace(obs, now=obs.now + offset)
+    d = _decide_cutover(seen) if obs.strategy == "cutover" else _decide_overlap(seen)
+    return d if d.until is None else replace(d, until=d.until - offset)  # callers sleep in ours
 
 
 # --------------------------------------------------------------------------- helpers

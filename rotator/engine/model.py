@@ -72,6 +72,9 @@ class Observation:
     delete_after: timedelta | None = None
     """Issuers whose revoke is two-step (deactivate, then delete): how long a key stays
     inactive before it is deleted."""
+    clock_offset: timedelta | None = None
+    """The vendor's clock minus ours (``now``), learnt from its answers; ``None``: unknown.
+    ``decide`` judges every time in the vendor's clock, the one ``last_used_at`` is in."""
     stored_attempts: frozenset[str] = frozenset()
     """Attempts the journal shows writing their key to some target (staged, promoted or
     reset), among those of the active keys no target holds now: such a key was stored once,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Issuer, SecretStore, TargetState, VendorKey
+from rotator.abc import Issuer, SecretStore, TargetState, VendorClock, VendorKey
 from rotator.audit import Journal
 from rotator.engine.act import Actor
 from rotator.engine.decide import decide
@@ -228,12 +228,15 @@ class Engine:
         values = [v.value for t in targets if t.state for v in (t.state.current, t.state.pending) if v]
         for value in [*values, *([bootstrap] if bootstrap else [])]:
             owners[value.fingerprint] = tuple(k.id for k in vendor if issuer.matches(value, k))
+        now = self.clock()
+        vendor_now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
         return Observation(
+            clock_offset=None if vendor_now is None else vendor_now - now,
             stored_attempts=self._stored_attempts(key, vendor, owners),
             owners=owners,
             delete_after=getattr(self.spec.issuers[spec.issuer], "delete_after", None),
             key=key,
-            now=self.clock(),
+            now=now,
             vendor=vendor,
             targets=targets,
             capabilities=issuer.capabilities,
