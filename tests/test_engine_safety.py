@@ -7,6 +7,9 @@ AWS and a real OpenBao server for Vault.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +21,7 @@ import httpx
 import pytest
 
 from rotator.abc import Capabilities, Issuer, TargetState, VendorKey, parse_time
+from rotator.engine import faults
 from rotator.engine.decide import decide
 from rotator.engine.model import Observation, TargetObs, attempt_name
 from rotator.engine.runner import Engine
@@ -175,6 +179,113 @@ def test_orphan_rule_needs_no_stage_and_no_use() -> None:
         d = decide(case)
         assert (d.action, d.key_id) == ("hold", "key_1"), d
         assert "renamed or its secret deleted" in d.reason
+
+
+# --------------------------------------------------------------------------- issue 10 item 3
+
+
+def _break_dir(directory: Path) -> Callable[[str], None]:
+    """A checkpoint hook that removes a file target's directory: every write there fails."""
+
+    def hook(key: str) -> None:
+        shutil.rmtree(directory)
+
+    return hook
+
+
+def test_cutover_store_failure_after_reset_reaches_healthy_targets(
+    tmp_path: Path,
+    emulator: EmulatorServer,
+    openbao_server: OpenBaoServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first target fails every write after the reset: the vault target still gets the new
+    key at once, the run says where it is safe, and the next pass fills the first target."""
+    monkeypatch.setenv("SAFETY_VAULT_TOKEN", openbao_server.root_token)
+    secret = _secret_id(tmp_path)
+    raw = emulator.emulator.create_app("app_3")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/app.key").write_text(raw + "\n")
+    path = _app_spec(
+        tmp_path,
+        emulator,
+        "app_3",
+        "      - {type: file, path: secrets/app.key}\n"
+        f'      - {{type: vault, url: "{openbao_server.url}", mount: secret, path: "{secret}", '
+        "field: api_key, auth: {token_env: SAFETY_VAULT_TOKEN}}\n",
+    )
+
+    def in_vault() -> str:
+        answer = openbao_server.client().secrets.kv.v2.read_secret_version(
+            path=secret, mount_point="secret", raise_on_deleted_version=True
+        )
+        return str(answer["data"]["data"]["api_key"])
+
+    with _engine(path) as engine:
+        adopt = engine.apply(["app"])[0]
+        assert (adopt.outcome, adopt.steps) == ("ok", ["stage"]), adopt
+        assert in_vault() == raw
+        with faults.hooked("after-reset", _break_dir(tmp_path / "secrets")):
+            result = engine.apply(["app"], force=True)[0]
+        assert result.outcome == "failed" and result.steps == [], result
+        assert "safe in vault:" in result.message and "the next pass" in result.message
+        new = in_vault()
+        assert new != raw and emulator.emulator.key_accepted(new)
+        assert not emulator.emulator.key_accepted(raw)
+        reset = [e for e in journal(tmp_path) if e["event"] == "reset"][-1]
+        assert reset["details"]["failed"] == ["file:secrets/app.key"], reset
+        (tmp_path / "secrets").mkdir()  # the store is back
+        caught_up = engine.apply(["app"])[0]
+    assert caught_up.outcome == "ok" and caught_up.steps == ["stage"], caught_up
+    assert (tmp_path / "secrets/app.key").read_text().strip() == new
+    assert new not in result.message + caught_up.message
+
+
+def test_cutover_with_no_store_left_after_reset_holds_loudly(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    """No target can take the reset's key: held (exit 3) with one line saying the app is down
+    and what to do."""
+    raw = emulator.emulator.create_app("app_4")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/app.key").write_text(raw + "\n")
+    path = _app_spec(tmp_path, emulator, "app_4", "      - {type: file, path: secrets/app.key}\n")
+    with _engine(path) as engine, faults.hooked("after-reset", _break_dir(tmp_path / "secrets")):
+        result = engine.apply(["app"], force=True)[0]
+    assert result.outcome == "held", result
+    assert result.message.startswith("APP DOWN: the app's key was reset")
+    assert "no store could take the new one" in result.message and "bootstrap" in result.message
+    assert "\n" not in result.message
+    assert not emulator.emulator.key_accepted(raw)
+    assert [e["event"] for e in journal(tmp_path)][-2:] == ["reset-lost", "held"]
+
+
+def test_file_check_access_really_writes(tmp_path: Path) -> None:
+    """The file store's access check writes and syncs real bytes: a file size limit (as a
+    full disk would) fails the check, before any reset."""
+    (tmp_path / "app.key").write_text("sk_live_" + "a" * 40 + "\n")
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from providers import open_store\n"
+        "from rotator.errors import StoreError\n"
+        "from rotator.spec import FileTarget\n"
+        "store = open_store(FileTarget(type='file', path='app.key'), base_dir=Path('.'))\n"
+        "store.read()\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))\n"
+        "try:\n"
+        "    store.check_access()\n"
+        "except StoreError as exc:\n"
+        "    print(exc)\n"
+        "    sys.exit(3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "checking access failed: File too large" in proc.stdout
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp left
 
 
 # --------------------------------------------------------------------------- issue 10 item 6
