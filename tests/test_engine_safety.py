@@ -288,6 +288,40 @@ def test_file_check_access_really_writes(tmp_path: Path) -> None:
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp left
 
 
+# --------------------------------------------------------------------------- issue 10 item 7
+
+
+def test_corrupt_stored_value_is_not_adopted(tmp_path: Path, emulator: EmulatorServer, admin: str) -> None:
+    """A stored value with a key's prefix but a damaged tail (and no stamp) is probed, shown as
+    broken, and replaced by a fresh key rolled out, never adopted as current."""
+    write_spec(tmp_path, emulator, drain="0s", propagation="0s", targets=1)
+    env = {ADMIN_ENV: admin, **FAST_ENV}
+    assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0
+    target = tmp_path / "secrets/a.env"
+    good = read_dotenv_key(target)
+    assert good is not None
+    bad = good[:-1] + ("b" if good[-1] != "b" else "c")
+    (tmp_path / "secrets/a.env.rotator.json").unlink()  # the stamp sidecar
+    target.write_text(f"ADJUDON_API_KEY={bad}\n")
+    assert not emulator.emulator.key_accepted(bad)
+
+    status = run_cli("status", cwd=tmp_path, env=env)
+    out = status.stdout + status.stderr
+    assert "current everywhere" not in out, out
+    assert "broken" in out and "BROKEN" in out, out
+    as_json = run_cli("status", "--output", "json", cwd=tmp_path, env=env)
+    row = json.loads(as_json.stdout)[0]
+    assert row["next"] == "mint" and row["targets"][0]["current"]["broken"] is True, row
+
+    proc = run_cli("apply", "--wait", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    new = read_dotenv_key(target)
+    assert new not in (None, good, bad) and emulator.emulator.key_accepted(new or "")
+    assert [k["prefix"] for k in agent_keys(emulator, active=True)] == [(new or "")[:13]]
+    for text in (out, as_json.stdout, proc.stdout, proc.stderr):
+        assert bad not in text and good not in text
+
+
 # --------------------------------------------------------------------------- issue 10 item 6
 
 

@@ -97,6 +97,8 @@ def _key_for(obs: Observation, value: Secret, stamp: Stamp | None) -> VendorKey 
 
 
 def _matches(obs: Observation, value: Secret, key: VendorKey) -> bool:
+    if value.fingerprint in obs.rejected:  # the vendor rejects it: broken, never adopted
+        return False
     if obs.owners is None:
         return value.prefix(obs.capabilities.prefix_len) == key.prefix
     return key.id in obs.owners.get(value.fingerprint, ())
@@ -183,32 +185,13 @@ def _decide_overlap(obs: Observation) -> Decision:
             if k is not None:
                 stored.append((k, v))
     referenced = {k.id for k, _ in stored}
+    # the keys broken values claim by prefix: being replaced, not renamed away
+    referenced |= {i for fp in obs.rejected for i in (obs.owners or {}).get(fp, ())}
     newest_stored = max((k.created_at for k, _ in stored), default=None)
 
-    for k in active:
-        attempt = attempt_of(obs.key, k)
-        if k.id in referenced or attempt is None:
-            continue
-        if newest_stored is not None and k.created_at <= newest_stored:
-            continue  # an older key: it drains below
-        used = k.last_used_at is not None and k.last_used_at >= k.created_at
-        if attempt not in obs.stored_attempts and not used:
-            return Decision(
-                "revoke",
-                "minted",
-                f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
-                key_id=k.id,
-            )
-        last = f"last used {when(k.last_used_at)}" if used and k.last_used_at else "never used"
-        was = "was written to a target" if attempt in obs.stored_attempts else "has been used"
-        return Decision(
-            "hold",
-            "held",
-            f"active key {show(k)} ({last}) {was} but no target holds it now: a target was "
-            "likely renamed or its secret deleted. Not revoking a key consumers may still use: "
-            "put the target back, or move its consumers and revoke the key by hand",
-            key_id=k.id,
-        )
+    unheld = _unheld(obs, active, referenced, newest_stored)
+    if unheld is not None:
+        return unheld
 
     live = [(k, v) for k, v in stored if k.active]
     if not live:
@@ -221,11 +204,20 @@ def _decide_overlap(obs: Observation) -> Decision:
                 f"keys the rotator does not hold ({names}); not minting around them",
             )
         held = [v for s in states for v in _versions(s)]
-        why = (
-            "the stored key is unknown to or revoked by the vendor"
-            if held
-            else "first run: no target holds a key"
-        )
+        broken = [
+            t.name
+            for t in obs.targets
+            if t.state is not None and any(v.fingerprint in obs.rejected for v in _versions(t.state))
+        ]
+        if broken:
+            why = (
+                f"the value stored in {', '.join(broken)} is broken: it has a key's prefix but "
+                "the vendor rejects it; minting a replacement"
+            )
+        elif held:
+            why = "the stored key is unknown to or revoked by the vendor"
+        else:
+            why = "first run: no target holds a key"
         return Decision("mint", "due", why)
 
     # A copy stamped for the key beats an unstamped copy of the same key: a promote cut short
@@ -314,6 +306,38 @@ def _decide_overlap(obs: Observation) -> Decision:
             "of the rotator accounts for; remove that pending version by hand, then run `rotator apply`",
         )
     return _steady(obs, new_key, "mint")
+
+
+def _unheld(
+    obs: Observation, active: list[VendorKey], referenced: set[str], newest: datetime | None
+) -> Decision | None:
+    """Rule 2: an active rotator key no target holds, newer than every stored key: revoke it
+    as an orphan if never stored and never used, else hold it (a target renamed or deleted)."""
+    for k in active:
+        attempt = attempt_of(obs.key, k)
+        if k.id in referenced or attempt is None:
+            continue
+        if newest is not None and k.created_at <= newest:
+            continue  # an older key: it drains (rule 4)
+        used = k.last_used_at is not None and k.last_used_at >= k.created_at
+        if attempt not in obs.stored_attempts and not used:
+            return Decision(
+                "revoke",
+                "minted",
+                f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
+                key_id=k.id,
+            )
+        last = f"last used {when(k.last_used_at)}" if used and k.last_used_at else "never used"
+        was = "was written to a target" if attempt in obs.stored_attempts else "has been used"
+        return Decision(
+            "hold",
+            "held",
+            f"active key {show(k)} ({last}) {was} but no target holds it now: a target was "
+            "likely renamed or its secret deleted. Not revoking a key consumers may still use: "
+            "put the target back, or move its consumers and revoke the key by hand",
+            key_id=k.id,
+        )
+    return None
 
 
 def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: datetime) -> Decision:

@@ -72,6 +72,9 @@ class Observation:
     delete_after: timedelta | None = None
     """Issuers whose revoke is two-step (deactivate, then delete): how long a key stays
     inactive before it is deleted."""
+    rejected: frozenset[str] = frozenset()
+    """Fingerprints of unstamped stored values that matched a vendor key by prefix but that
+    the vendor rejected when probed: broken, never adopted; the key they claim is replaced."""
     clock_offset: timedelta | None = None
     """The vendor's clock minus ours (``now``), learnt from its answers; ``None``: unknown.
     ``decide`` judges every time in the vendor's clock, the one ``last_used_at`` is in."""

@@ -228,11 +228,13 @@ class Engine:
         values = [v.value for t in targets if t.state for v in (t.state.current, t.state.pending) if v]
         for value in [*values, *([bootstrap] if bootstrap else [])]:
             owners[value.fingerprint] = tuple(k.id for k in vendor if issuer.matches(value, k))
+        rejected = self._probe_adoptions(issuer, targets, owners)
         now = self.clock()
         vendor_now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
         return Observation(
             clock_offset=None if vendor_now is None else vendor_now - now,
             stored_attempts=self._stored_attempts(key, vendor, owners),
+            rejected=rejected,
             owners=owners,
             delete_after=getattr(self.spec.issuers[spec.issuer], "delete_after", None),
             key=key,
@@ -247,6 +249,22 @@ class Engine:
             force=force,
             bootstrap=bootstrap,
         )
+
+    @staticmethod
+    def _probe_adoptions(
+        issuer: Issuer, targets: Sequence[TargetObs], owners: Mapping[str, tuple[str, ...]]
+    ) -> frozenset[str]:
+        """Probe each unstamped stored value that a vendor key matches by prefix (it would be
+        adopted): one the vendor rejects is broken."""
+        rejected: set[str] = set()
+        for t in targets:
+            for v in (t.state.current, t.state.pending) if t.state else ():
+                fp = v.fingerprint if v is not None else ""
+                if v is None or v.stamp is not None or not owners.get(fp) or fp in rejected:
+                    continue
+                if not issuer.probe(v.value):
+                    rejected.add(fp)
+        return frozenset(rejected)
 
     def _stored_attempts(
         self, key: str, vendor: Sequence[VendorKey], owners: Mapping[str, tuple[str, ...]]
