@@ -239,6 +239,7 @@ def test_cutover_store_failure_after_reset_reaches_healthy_targets(
     assert caught_up.outcome == "ok" and caught_up.steps == ["stage"], caught_up
     assert (tmp_path / "secrets/app.key").read_text().strip() == new
     assert new not in result.message + caught_up.message
+    assert not any(new in w or raw in w for w in _state_files(tmp_path))
 
 
 def test_cutover_with_no_store_left_after_reset_holds_loudly(
@@ -412,6 +413,40 @@ def test_emulator_answers_carry_its_clock_in_date() -> None:
     assert learnt is not None and abs((learnt - then).total_seconds()) < 3
 
 
+def test_vendor_offset_keeps_the_tightest_sample_and_follows_a_clock_step() -> None:
+    """Date samples (whole seconds, stamped before the answer travels) never overstate the
+    vendor's lead: the largest one is kept, until a sample jumps by more than 2 s."""
+    from rotator.vendors._http import VendorHTTP
+
+    local = datetime(2030, 1, 1, 12, 0, 0, 600000, tzinfo=UTC)
+    dates = iter(
+        [
+            "Tue, 01 Jan 2030 12:00:30 GMT",  # vendor 29.4 s ahead (truncated)
+            "Tue, 01 Jan 2030 12:00:31 GMT",  # 30.4 s: tighter, kept
+            "Tue, 01 Jan 2030 12:00:30 GMT",  # 29.4 s again: the tighter one stays
+            "Tue, 01 Jan 2030 11:59:50 GMT",  # -10.6 s: the vendor's clock was set
+        ]
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"data": {}}, headers={"Date": next(dates)})
+
+    http = VendorHTTP(
+        "emu",
+        "https://vendor.test",
+        http=httpx.Client(transport=httpx.MockTransport(answer)),
+        clock=lambda: local,
+    )
+    assert http.vendor_now() is None
+    seen = []
+    for _ in range(4):
+        http.call("GET", "/health", credential=lambda: Secret("adj_live_" + "ab" * 32))
+        now = http.vendor_now()
+        assert now is not None
+        seen.append(round((now - local).total_seconds(), 1))
+    assert seen == [29.4, 30.4, 30.4, -10.6]
+
+
 # --------------------------------------------------------------------------- issue 11 item 11
 
 
@@ -420,6 +455,7 @@ class _CorruptReset(httpx.BaseTransport):
 
     def __init__(self) -> None:
         self._inner = httpx.HTTPTransport()
+        self.sent: list[str] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self._inner.handle_request(request)
@@ -427,10 +463,16 @@ class _CorruptReset(httpx.BaseTransport):
             return response
         body = json.loads(response.read())
         body["data"]["api_key"] = body["data"]["api_key"][:-1] + "!"
+        self.sent.append(body["data"]["api_key"])
         return httpx.Response(response.status_code, json=body)
 
     def close(self) -> None:
         self._inner.close()
+
+
+def _state_files(tmp_path: Path) -> list[str]:
+    """Everything the rotator wrote under state_dir (journal, leases)."""
+    return [p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()]
 
 
 def _issuers_over(transport: httpx.BaseTransport) -> Callable[..., Issuer]:
@@ -446,13 +488,17 @@ def test_malformed_reset_answer_holds_exit_3(tmp_path: Path, emulator: EmulatorS
     raw = emulator.emulator.create_app("app_11")
     (tmp_path / "app.key").write_text(raw + "\n")
     path = _app_spec(tmp_path, emulator, "app_11", "      - {type: file, path: app.key}\n")
-    with _engine(path, issuer_factory=_issuers_over(_CorruptReset())) as engine:
+    corrupt = _CorruptReset()
+    with _engine(path, issuer_factory=_issuers_over(corrupt)) as engine:
         result = engine.apply(["app"], force=True)[0]
     assert result.outcome == "held", result.message
     assert "revoked the app's key" in result.message and "bootstrap" in result.message
     assert not emulator.emulator.key_accepted(raw)  # the reset did happen
     assert journal(tmp_path)[-1]["event"] == "held"
-    assert raw[8:] not in result.message
+    assert len(corrupt.sent) == 1
+    written = _state_files(tmp_path)
+    for canary in (raw, corrupt.sent[0], corrupt.sent[0][:-1]):
+        assert canary not in result.message and not any(canary in w for w in written)
 
 
 # --------------------------------------------------------------------------- issue 11 item 8
