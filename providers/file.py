@@ -145,14 +145,23 @@ class FileStore:
             self._remove(self._pending)
 
     def check_access(self) -> None:
-        """Try what stage and promote will do: lock, create a file, open the files for writing."""
+        """Try what stage and promote will do: lock, write and sync a file as large as they
+        will (zeros, never the value: a full disk fails here, before a reset), open the files
+        for writing."""
         with self._os_errors("checking access"):
             if not stat.S_ISDIR(os.stat(self.path.parent).st_mode):
                 raise StoreNotFound(self._name, f"{self.path.parent} is not a directory")
             with self._locked(exclusive=True):
                 fd, tmp = self._create_temp()
-                os.close(fd)
-                os.unlink(tmp)
+                try:
+                    size = len(_read_bytes(self.path) or b"") + 4096  # value, pending, sidecar
+                    view = memoryview(bytes(size))
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                    os.unlink(tmp)
                 for path in (self.path, self._pending, self._sidecar):
                     with contextlib.suppress(FileNotFoundError):
                         os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))

@@ -278,3 +278,13 @@ class Issuer(Protocol):
     def matches(self, value: Secret, key: VendorKey) -> bool:
         """True when ``value`` is the raw form of ``key`` (by its prefix)."""
         ...
+
+
+@runtime_checkable
+class VendorClock(Protocol):
+    """An issuer that knows the vendor's time (e.g. from its answers' ``Date`` header), so
+    the drain compares ``promoted_at`` with ``last_used_at`` in one clock."""
+
+    def vendor_now(self) -> datetime | None:
+        """The vendor's time now, as last learnt; ``None`` before any answer told it."""
+        ...

@@ -374,6 +374,7 @@ def status(obj: Context, key: str | None, output: str) -> None:
                 continue
             cur, pen = t.get("current"), t.get("pending")
             shown = f"{cur['prefix']} fp {cur['fingerprint']}" if cur else "empty"
+            shown += " BROKEN (the vendor rejects it)" if cur and cur.get("broken") else ""
             extra = f", pending {pen['prefix']} fp {pen['fingerprint']}" if pen else ""
             click.echo(f"  target  {t['name']}: {shown}{extra}")
         if row.get("lagging"):

@@ -7,13 +7,14 @@ tests can prove that a process killed anywhere leaves a world the next pass can 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from rotator.abc import Stamp, format_time
+from rotator.abc import SecretStore, Stamp, format_time
 from rotator.engine import faults
 from rotator.engine.decide import show
 from rotator.engine.model import Decision, attempt_name
@@ -22,8 +23,10 @@ from rotator.errors import (
     KeyLimitReached,
     RotatorError,
     StoreError,
+    StoreNotFound,
     VendorError,
     VendorOutcomeUnknown,
+    VendorProtocolError,
 )
 from rotator.secret import Secret
 
@@ -50,6 +53,8 @@ class Actor:
 
     def _mint(self, key: str, d: Decision, attempt: str) -> None:
         issuer, stores = self.engine.issuer(key), self.engine.stores(key)
+        # a key minted for a target that cannot take it would only have to be revoked again
+        _run_all(lambda i: _check_writable(stores[i]), range(len(stores)))
         try:
             minted = issuer.mint(attempt_name(key, attempt))
         except KeyLimitReached as exc:
@@ -168,8 +173,9 @@ class Actor:
                 )
 
     def _reset(self, key: str, d: Decision, attempt: str) -> None:
-        """Cutover: a reset revokes the old key at once, so every store is checked first and
-        the new value is written to the first store the moment it arrives."""
+        """Cutover: a reset revokes the old key at once, so every store is checked first
+        (a real write where the store allows one) and the new value goes to every store at
+        once, each retried with back-off: it is safe as soon as one holds it."""
         stores, issuer = self.engine.stores(key), self.engine.issuer(key)
         current = self.engine._credential(key)
         _run_all(lambda i: stores[i].check_access(), range(len(stores)))
@@ -184,6 +190,15 @@ class Actor:
                 "console: if its key prefix changed, reset it there and give the new key once "
                 "through `bootstrap: {env: NAME}`; then run `rotator apply`"
             ) from None
+        except VendorProtocolError as exc:
+            # the vendor answered, so the reset happened and revoked the old key; the value
+            # that came back is unusable: the same recovery as a lost answer
+            raise Held(
+                f"the reset of attempt {attempt} revoked the app's key but its answer carried no "
+                f"usable key ({exc}); consumers are failing now. Reset the key in the vendor's "
+                "console, give the new key once through `bootstrap: {env: NAME}` (or write it "
+                "into the first target by hand), then run `rotator apply`"
+            ) from None
         started = time.monotonic()
         self.engine.last_reset[key] = started  # the vendor revoked the old key when it answered
         faults.checkpoint("after-reset", key)
@@ -191,14 +206,32 @@ class Actor:
         stamp = Stamp(k.id, value.fingerprint, attempt)
         now = self.engine.clock()
 
-        def write(i: int) -> None:
-            stores[i].stage(value, stamp, expected=None)
-            stores[i].promote(attempt, now)
+        first: list[float] = []
+        lock = threading.Lock()
 
-        write(0)
-        first_write = time.monotonic() - started
-        _run_all(write, range(1, len(stores)))
+        def write(i: int) -> None:
+            self._retried(lambda: stores[i].stage(value, stamp, expected=None))
+            self._retried(lambda: stores[i].promote(attempt, now))
+            with lock:
+                first.append(time.monotonic() - started)
+
+        # every target at once: the new key is safe as soon as one holds it
+        errors = _try_all(write, range(len(stores)))
         window = time.monotonic() - started
+        held = [s.name for i, s in enumerate(stores) if i not in errors]
+        failed = "; ".join(str(errors[i]) for i in sorted(errors))
+        if not held:
+            self.engine.journal.append(
+                "reset-lost", key=key, attempt=attempt, key_id=k.id, prefix=k.prefix,
+                fingerprint=value.fingerprint, targets=[s.name for s in stores],
+            )
+            raise Held(
+                f"APP DOWN: the app's key was reset (now {show(k)}, attempt {attempt}) and no "
+                f"store could take the new one ({failed}); consumers are failing now. Make a "
+                "store writable, reset the key in the vendor's console, give the new key once "
+                "through `bootstrap: {env: NAME}` (or write it into the first target by hand), "
+                "then run `rotator apply`"
+            )
         self.engine._forget_credential(key)
         self.engine.journal.append(
             "reset",
@@ -207,13 +240,60 @@ class Actor:
             key_id=k.id,
             prefix=k.prefix,
             fingerprint=value.fingerprint,
-            first_write_s=round(first_write, 3),
+            first_write_s=round(min(first), 3),
             window_s=round(window, 3),
-            targets=[s.name for s in stores],
+            targets=held,
+            **({"failed": [stores[i].name for i in sorted(errors)]} if errors else {}),
         )
         self._probe(key, value, "reset done but")
         self.engine.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
         log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)
+        if errors:
+            raise RotatorError(
+                f"reset done: the new key {show(k)} is safe in {', '.join(held)}, but could not "
+                f"be written to {failed}; the next pass writes it there"
+            )
+
+    def _retried(self, step: Callable[[], None]) -> None:
+        """``step``, repeated with back-off while the store fails (the settings' retry bounds)."""
+        settings = self.engine.settings
+        delay = settings.retry_initial
+        for left in range(settings.retry_attempts - 1, -1, -1):
+            try:
+                step()
+            except StoreError:
+                if not left:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
+
+
+def _check_writable(store: SecretStore) -> None:
+    """``store.check_access()``, except that a secret that does not exist yet passes: the
+    first stage creates it."""
+    try:
+        store.check_access()
+    except StoreNotFound:
+        if store.read().exists:
+            raise
+
+
+def _try_all(fn: Callable[[int], object], indices: Sequence[int] | range) -> dict[int, RotatorError]:
+    """Run ``fn`` on every index in parallel; the errors by index."""
+    errors: dict[int, RotatorError] = {}
+
+    def guarded(i: int) -> None:
+        try:
+            fn(i)
+        except RotatorError as exc:
+            errors[i] = exc
+
+    items = list(indices)
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        list(pool.map(guarded, items))
+    return errors
 
 
 def _run_all(fn: Callable[[int], object], indices: Sequence[int] | range) -> None:

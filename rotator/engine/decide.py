@@ -5,7 +5,10 @@ The rules, in the order they are tried, keep DESIGN.md's invariants:
 overlap (two keys may be active):
   1. a target that cannot be read stops the pass: nothing is minted or revoked blind;
   2. an active key the rotator minted that no target holds, newer than every stored key,
-     is an orphan (minted, then the process died before storing it): revoke it;
+     is an orphan (minted, then the process died before storing it) only when the journal
+     shows no write of its attempt to any target and the vendor shows no use since its mint:
+     revoke it. Otherwise it was stored once and a target was renamed or its secret deleted:
+     hold for a person, never revoke a key consumers may still use;
   3. the newest stored key the vendor still accepts is the desired one: stage it where it is
      missing, then promote it where it is not current, or where a promote was cut short (the
      probe happens before promoting);
@@ -13,6 +16,9 @@ overlap (two keys may be active):
      ``last_used_at`` has stayed before ``promoted_at + propagation`` for ``drain``; hold
      at ``timeout`` (or revoke if the file says ``on_timeout: revoke``);
   5. otherwise the key is due (age, schedule, or a person asked) or current.
+
+Every time is judged in the vendor's clock (``Observation.clock_offset``): ``promoted_at`` is
+stamped in it and compared with the vendor's ``last_used_at``; ``until`` is handed back in ours.
 
 cutover (a reset revokes the old key at once):
   the vendor's one key must be in every target; if no target holds it and the stored key is
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime
 
 from rotator.abc import Stamp, StoredVersion, TargetState, VendorKey
@@ -57,9 +64,13 @@ def decide(obs: Observation) -> Decision:
             for t in broken
         )
         return Decision("fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}")
-    if obs.strategy == "cutover":
-        return _decide_cutover(obs)
-    return _decide_overlap(obs)
+    offset = obs.clock_offset
+    if not offset:
+        return _decide_cutover(obs) if obs.strategy == "cutover" else _decide_overlap(obs)
+    # one clock, the vendor's: promoted_at is stamped in it and compared with its last_used_at
+    seen = replace(obs, now=obs.now + offset)
+    d = _decide_cutover(seen) if obs.strategy == "cutover" else _decide_overlap(seen)
+    return d if d.until is None else replace(d, until=d.until - offset)  # callers sleep in ours
 
 
 # --------------------------------------------------------------------------- helpers
@@ -86,6 +97,8 @@ def _key_for(obs: Observation, value: Secret, stamp: Stamp | None) -> VendorKey 
 
 
 def _matches(obs: Observation, value: Secret, key: VendorKey) -> bool:
+    if value.fingerprint in obs.rejected:  # the vendor rejects it: broken, never adopted
+        return False
     if obs.owners is None:
         return value.prefix(obs.capabilities.prefix_len) == key.prefix
     return key.id in obs.owners.get(value.fingerprint, ())
@@ -172,19 +185,13 @@ def _decide_overlap(obs: Observation) -> Decision:
             if k is not None:
                 stored.append((k, v))
     referenced = {k.id for k, _ in stored}
+    # the keys broken values claim by prefix: being replaced, not renamed away
+    referenced |= {i for fp in obs.rejected for i in (obs.owners or {}).get(fp, ())}
     newest_stored = max((k.created_at for k, _ in stored), default=None)
 
-    for k in active:
-        attempt = attempt_of(obs.key, k)
-        if k.id in referenced or attempt is None:
-            continue
-        if newest_stored is None or k.created_at > newest_stored:
-            return Decision(
-                "revoke",
-                "minted",
-                f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
-                key_id=k.id,
-            )
+    unheld = _unheld(obs, active, referenced, newest_stored)
+    if unheld is not None:
+        return unheld
 
     live = [(k, v) for k, v in stored if k.active]
     if not live:
@@ -197,11 +204,20 @@ def _decide_overlap(obs: Observation) -> Decision:
                 f"keys the rotator does not hold ({names}); not minting around them",
             )
         held = [v for s in states for v in _versions(s)]
-        why = (
-            "the stored key is unknown to or revoked by the vendor"
-            if held
-            else "first run: no target holds a key"
-        )
+        broken = [
+            t.name
+            for t in obs.targets
+            if t.state is not None and any(v.fingerprint in obs.rejected for v in _versions(t.state))
+        ]
+        if broken:
+            why = (
+                f"the value stored in {', '.join(broken)} is broken: it has a key's prefix but "
+                "the vendor rejects it; minting a replacement"
+            )
+        elif held:
+            why = "the stored key is unknown to or revoked by the vendor"
+        else:
+            why = "first run: no target holds a key"
         return Decision("mint", "due", why)
 
     # A copy stamped for the key beats an unstamped copy of the same key: a promote cut short
@@ -290,6 +306,38 @@ def _decide_overlap(obs: Observation) -> Decision:
             "of the rotator accounts for; remove that pending version by hand, then run `rotator apply`",
         )
     return _steady(obs, new_key, "mint")
+
+
+def _unheld(
+    obs: Observation, active: list[VendorKey], referenced: set[str], newest: datetime | None
+) -> Decision | None:
+    """Rule 2: an active rotator key no target holds, newer than every stored key: revoke it
+    as an orphan if never stored and never used, else hold it (a target renamed or deleted)."""
+    for k in active:
+        attempt = attempt_of(obs.key, k)
+        if k.id in referenced or attempt is None:
+            continue
+        if newest is not None and k.created_at <= newest:
+            continue  # an older key: it drains (rule 4)
+        used = k.last_used_at is not None and k.last_used_at >= k.created_at
+        if attempt not in obs.stored_attempts and not used:
+            return Decision(
+                "revoke",
+                "minted",
+                f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
+                key_id=k.id,
+            )
+        last = f"last used {when(k.last_used_at)}" if used and k.last_used_at else "never used"
+        was = "was written to a target" if attempt in obs.stored_attempts else "has been used"
+        return Decision(
+            "hold",
+            "held",
+            f"active key {show(k)} ({last}) {was} but no target holds it now: a target was "
+            "likely renamed or its secret deleted. Not revoking a key consumers may still use: "
+            "put the target back, or move its consumers and revoke the key by hand",
+            key_id=k.id,
+        )
+    return None
 
 
 def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: datetime) -> Decision:

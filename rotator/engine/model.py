@@ -74,6 +74,16 @@ class Observation:
     delete_after: timedelta | None = None
     """Issuers whose revoke is two-step (deactivate, then delete): how long a key stays
     inactive before it is deleted."""
+    rejected: frozenset[str] = frozenset()
+    """Fingerprints of unstamped stored values that matched a vendor key by prefix but that
+    the vendor rejected when probed: broken, never adopted; the key they claim is replaced."""
+    clock_offset: timedelta | None = None
+    """The vendor's clock minus ours (``now``), learnt from its answers; ``None``: unknown.
+    ``decide`` judges every time in the vendor's clock, the one ``last_used_at`` is in."""
+    stored_attempts: frozenset[str] = frozenset()
+    """Attempts the journal shows writing their key to some target (staged, promoted or
+    reset), among those of the active keys no target holds now: such a key was stored once,
+    so it is no orphan (a target was renamed or deleted)."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -14,12 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Issuer, SecretStore, TargetState
+from rotator.abc import Issuer, SecretStore, TargetState, VendorClock, VendorKey
 from rotator.audit import Journal
 from rotator.engine.act import Actor
 from rotator.engine.decide import decide
 from rotator.engine.lease import FileLease, Lease
-from rotator.engine.model import Decision, Observation, TargetObs
+from rotator.engine.model import Decision, Observation, TargetObs, attempt_of
 from rotator.errors import (
     Held,
     LeaseBusy,
@@ -43,6 +43,8 @@ from rotator.spec import (
 log = logging.getLogger("rotator.engine")
 
 Outcome = Literal["ok", "waiting", "held", "failed", "busy"]
+_STORED_EVENTS = frozenset({"staged", "promoted", "reset"})
+"""Journal events that mean an attempt's key reached a target."""
 MAX_STEPS = 16
 """Acting steps one key may take in one pass; a rotation needs about six. Waits are not steps."""
 WAIT_MARGIN = timedelta(minutes=10)
@@ -244,11 +246,17 @@ class Engine:
         values = [v.value for t in targets if t.state for v in (t.state.current, t.state.pending) if v]
         for value in [*values, *([bootstrap] if bootstrap else [])]:
             owners[value.fingerprint] = tuple(k.id for k in vendor if issuer.matches(value, k))
+        rejected = self._probe_adoptions(issuer, targets, owners)
+        now = self.clock()
+        vendor_now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
         return Observation(
+            clock_offset=None if vendor_now is None else vendor_now - now,
+            stored_attempts=self._stored_attempts(key, vendor, owners),
+            rejected=rejected,
             owners=owners,
             delete_after=getattr(self.spec.issuers[spec.issuer], "delete_after", None),
             key=key,
-            now=self.clock(),
+            now=now,
             vendor=vendor,
             targets=targets,
             capabilities=issuer.capabilities,
@@ -258,6 +266,38 @@ class Engine:
             next_schedule_fire=fire,
             force=force,
             bootstrap=bootstrap,
+        )
+
+    @staticmethod
+    def _probe_adoptions(
+        issuer: Issuer, targets: Sequence[TargetObs], owners: Mapping[str, tuple[str, ...]]
+    ) -> frozenset[str]:
+        """Probe each unstamped stored value that a vendor key matches by prefix (it would be
+        adopted): one the vendor rejects is broken."""
+        rejected: set[str] = set()
+        for t in targets:
+            for v in (t.state.current, t.state.pending) if t.state else ():
+                fp = v.fingerprint if v is not None else ""
+                if v is None or v.stamp is not None or not owners.get(fp) or fp in rejected:
+                    continue
+                if not issuer.probe(v.value):
+                    rejected.add(fp)
+        return frozenset(rejected)
+
+    def _stored_attempts(
+        self, key: str, vendor: Sequence[VendorKey], owners: Mapping[str, tuple[str, ...]]
+    ) -> frozenset[str]:
+        """The attempts of active keys no target holds that the journal shows stored once."""
+        held = {k for ids in owners.values() for k in ids}
+        unheld = {
+            a for k in vendor if k.active and k.id not in held and (a := attempt_of(key, k))
+        }
+        if not unheld:
+            return frozenset()
+        return frozenset(
+            e["attempt"]
+            for e in self.journal.entries(key)
+            if e.get("event") in _STORED_EVENTS and e.get("attempt") in unheld
         )
 
     def _list_with_stored_key(

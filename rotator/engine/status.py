@@ -25,6 +25,7 @@ def describe(obs: Observation, decision: Decision) -> dict[str, Any]:
                     else {
                         "prefix": _prefix(obs, v.value, n),
                         "fingerprint": v.fingerprint,
+                        "broken": v.fingerprint in obs.rejected,
                         "attempt": v.stamp.attempt if v.stamp else None,
                         "promoted_at": when(v.stamp.promoted_at) if v.stamp and v.stamp.promoted_at else None,
                     }

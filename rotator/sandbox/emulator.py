@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -172,6 +173,8 @@ class Emulator:
                 response = self._adjudon.handle(req)
             if not adjutor:
                 response.headers.setdefault("X-Request-Id", req.request_id)
+            # the vendor's own clock, which clients learn from (RFC 9110 Date)
+            response.headers.setdefault("Date", formatdate(req.now.timestamp(), usegmt=True))
             self._log.append((req.method, path, response.status))
         if delay:
             time.sleep(delay)

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -43,6 +43,9 @@ LOG = logging.getLogger("rotator.vendors")
 
 MAX_BODY = 1 << 20
 """Largest answer read (1 MiB); a key-management answer is a few hundred bytes."""
+
+_CLOCK_STEP = timedelta(seconds=2)
+"""A ``Date`` sample this far from the offset known means a clock was set: start again."""
 
 # Header values must be visible ASCII: anything else makes the HTTP library raise
 # an error whose message quotes the header, i.e. the key.
@@ -224,6 +227,7 @@ class VendorHTTP:
         self._policy = retry or RetryPolicy()
         self._sleep = sleep
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._offset: timedelta | None = None
         self._backoff = tenacity.wait_exponential(
             multiplier=self._policy.initial, max=self._policy.maximum
         ) + tenacity.wait_random(0, self._policy.initial)
@@ -231,6 +235,32 @@ class VendorHTTP:
     def close(self) -> None:
         if self._owned:
             self._http.close()
+
+    def vendor_now(self) -> datetime | None:
+        """The vendor's time now: our clock plus the offset its last ``Date`` header showed;
+        ``None`` before any answer carried one."""
+        offset = self._offset
+        return None if offset is None else self._clock() + offset
+
+    def _learn_time(self, date: str | None) -> None:
+        """Record vendor time minus our time from an answer's ``Date``. The header has whole
+        seconds and is stamped before the answer travels, so each sample is at most the true
+        offset: keep the largest, unless a sample moved by more than a second or two (a clock
+        was set)."""
+        if not date:
+            return
+        try:
+            vendor = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return
+        if vendor.tzinfo is None:
+            vendor = vendor.replace(tzinfo=UTC)
+        sample = vendor - self._clock()
+        known = self._offset
+        if known is None or abs(sample - known) > _CLOCK_STEP:
+            self._offset = sample
+        else:
+            self._offset = max(known, sample)
 
     def call(
         self,
@@ -337,6 +367,7 @@ class VendorHTTP:
             ) from exc
 
         status = response.status_code
+        self._learn_time(response.headers.get("date"))
         where = f"{endpoint} (HTTP {status})"
         parsed = _decode(raw)
         info = _error_info(parsed, response.headers, self._clock)
@@ -472,6 +503,10 @@ class HTTPIssuer:
 
     def close(self) -> None:
         self._http.close()
+
+    def vendor_now(self) -> datetime | None:
+        """The vendor's time, learnt from its answers (see :meth:`VendorHTTP.vendor_now`)."""
+        return self._http.vendor_now()
 
     def __enter__(self) -> Self:
         return self
