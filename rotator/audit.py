@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final
 
-from rotator.abc import format_time
+from rotator.abc import format_time, parse_time
 from rotator.errors import RotatorError
 from rotator.secret import Secret
 
@@ -196,6 +196,33 @@ class Journal:
                 if entry.get("key") == key and (event is None or entry.get("event") == event):
                     return entry
         return None
+
+    def recent(self, key: str, since: datetime) -> list[dict[str, Any]]:
+        """The entries of ``key`` stamped ``since`` or later, oldest first, read from the end
+        (so the cost is the recent tail, not the whole journal)."""
+        if not self.path.exists():
+            return []
+        found: list[dict[str, Any]] = []
+        with open(self.path, "rb") as f:
+            for line, torn in _reverse_lines(f):
+                if torn:
+                    continue
+                entry = _parse(line)
+                try:
+                    at = parse_time(entry["ts"]) if entry is not None else None
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    at = None
+                if entry is None or at is None:
+                    raise JournalError(
+                        f"{self.path}: a line that is not a journal entry; "
+                        "run 'rotator audit verify'"
+                    )
+                if at < since:
+                    break
+                if entry.get("key") == key:
+                    found.append(entry)
+        found.reverse()
+        return found
 
     def verify(self) -> VerifyResult:
         """Check the whole chain, streaming: hashes, links, seq, and a cut last line."""
