@@ -59,8 +59,12 @@ def test_wrong_adjutor_bootstrap_key_is_named_not_a_reset(
     assert _resets(emulator) == []
     assert emulator.emulator.key_accepted(mine) and emulator.emulator.key_accepted(other)
     assert not (tmp_path / "secrets/app.key").exists()
-    plan = run_cli("plan", cwd=tmp_path, env={**FAST_ENV, BOOT_ENV: wrong})
+    debug_env = {**FAST_ENV, BOOT_ENV: wrong, "ROTATOR_LOG_LEVEL": "DEBUG"}
+    plan = run_cli("--debug", "plan", cwd=tmp_path, env=debug_env)
     assert plan.returncode == 1 and "is not a key of app app_1" in plan.stdout, plan.stdout
+    written = [p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()]
+    for text in [plan.stdout + plan.stderr, *written]:
+        assert mine not in text and wrong not in text
 
 
 def test_revoked_bootstrap_after_a_lost_reset_keeps_the_reset_diagnosis(

@@ -84,6 +84,8 @@ def test_second_emergency_asks_which_key_leaked(
     assert _started_at(tmp_path) in lines[0] and "--key-id" in lines[0]
     assert raw not in again.stdout + again.stderr
     assert agent_keys(emulator) == keys and _files(tmp_path) == files  # nothing changed
+    state = [text for name, text in files.items() if name.startswith("state")]
+    assert state and not any(raw in text or env[ADMIN_ENV] in text for text in state)
     assert emulator.emulator.key_accepted(raw)
 
     named = run_cli(
