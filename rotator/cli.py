@@ -318,13 +318,11 @@ def emergency(
     the exposure window and an incident report is written to state_dir/incidents/.
     Exit codes as apply.
     """
-    from rotator.emergency import keep_serving_ignored, run_emergency
+    from rotator.emergency import run_emergency
 
     engine = obj.engine()
     _keys(engine.spec, [key])
     since = leaked_since.replace(tzinfo=leaked_since.tzinfo or UTC) if leaked_since else None
-    if keep_serving and (why := keep_serving_ignored(engine, key)):
-        click.echo(redact(f"rotator: warning: {why}"), err=True)
     report = run_emergency(
         engine,
         key,
@@ -333,6 +331,7 @@ def emergency(
         keep_serving=keep_serving,
         key_id=key_id,
         started=STARTED,
+        warn=lambda line: click.echo(redact(f"rotator: warning: {line}"), err=True),
     )
     if output == "json":
         _emit(asdict(report))

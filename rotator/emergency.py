@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -99,8 +99,12 @@ def run_emergency(
     keep_serving: bool = False,
     key_id: str | None = None,
     started: float | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> EmergencyReport:
-    """Revoke ``key``'s leaked vendor key, mint and roll out a new one, audit, report."""
+    """Revoke ``key``'s leaked vendor key, mint and roll out a new one, audit, report.
+
+    ``warn`` gets a line for each option that cannot apply, once the run is sure to proceed.
+    """
     t0 = started if started is not None else time.monotonic()
     _check_input(engine, reason, leaked_since)
     own_key = key in engine.credential_keys()
@@ -114,6 +118,8 @@ def run_emergency(
         leaked, promoted = _leaked_key(engine, key, key_id)
         if key_id is None:
             _refuse_repeat(engine, key, leaked)
+        if keep_serving and warn is not None and (why := keep_serving_ignored(engine, key)):
+            warn(why)
         engine.journal.append("emergency-started", key=key, reason=reason, order=order)
         report.leaked_key_id, report.leaked_prefix = leaked.id, leaked.prefix
         since = leaked_since or promoted or leaked.created_at

@@ -107,10 +107,12 @@ def test_second_emergency_on_reset_vendor_asks_which_key_leaked(
     current = (tmp_path / "app.key").read_text().strip()
     files = _files(tmp_path)
 
-    again = run_cli("emergency", "app", "--reason", "leak", cwd=tmp_path, env=FAST_ENV)
+    # --keep-serving too: a refused run prints its one error line, not the option's warning
+    again = run_cli("emergency", "app", "--reason", "leak", "--keep-serving", cwd=tmp_path, env=FAST_ENV)
     assert again.returncode == 2, again.stdout + again.stderr
     lines = _error_lines(again.stderr)
     assert len(lines) == 1 and f"app_7@{current[:12]}" in lines[0], again.stderr
+    assert lines[0].startswith("rotator: error: ")
     assert _started_at(tmp_path) in lines[0]
     assert current not in again.stdout + again.stderr
     assert emulator.emulator.key_accepted(current) and _files(tmp_path) == files
