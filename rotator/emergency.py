@@ -30,6 +30,8 @@ log = logging.getLogger("rotator.emergency")
 REPEAT_WINDOW = timedelta(hours=1)
 """A second emergency this soon after one that minted the key now current must name the
 leaked key (``--key-id``): without it, it would revoke the key the first one just minted."""
+CLOCK_MARGIN = timedelta(minutes=10)
+"""How far the vendor's clock (a key's ``created_at``) may be from ours for that check."""
 
 
 @dataclass
@@ -181,6 +183,8 @@ def _check_input(engine: Engine, reason: str, leaked_since: datetime | None) -> 
 def _refuse_repeat(engine: Engine, key: str, leaked: VendorKey) -> None:
     """Refuse to revoke a key an emergency minted within :data:`REPEAT_WINDOW` unless named."""
     since = engine.clock() - REPEAT_WINDOW
+    if leaked.created_at < since - CLOCK_MARGIN:
+        return  # created (by the vendor's clock) before any emergency of the window began
     started = _minted_by_emergency(engine.journal.recent(key, since)).get(leaked.id)
     if started is None:
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rotator.audit import Journal
+from rotator.audit import Journal, JournalError
 from rotator.emergency import keep_serving_ignored, run_emergency
 from rotator.engine.runner import Engine
 from rotator.sandbox.emulator import EmulatorServer
@@ -209,3 +209,11 @@ def test_journal_recent_reads_the_tail_of_one_key(tmp_path: Path) -> None:
     assert [e["event"] for e in j.recent("a", hour_ago)] == ["minted", "promoted"]
     assert j.recent("a", datetime.now(UTC) + timedelta(seconds=5)) == []
     assert Journal(tmp_path / "none").recent("a", hour_ago) == []
+    # a line not in canonical order is still read; a line that is no entry is an error
+    with j.path.open("a") as out:
+        out.write(json.dumps({"ts": datetime.now(UTC).isoformat(), "key": "a", "event": "by-hand"}) + "\n")
+    assert [e["event"] for e in j.recent("a", hour_ago)] == ["minted", "promoted", "by-hand"]
+    with j.path.open("a") as out:
+        out.write("not json\n")
+    with pytest.raises(JournalError, match="not a journal entry"):
+        j.recent("a", hour_ago)
