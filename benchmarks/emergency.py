@@ -84,6 +84,8 @@ def main() -> None:
                     "payments",
                     "--reason",
                     "bench",
+                    "--key-id",  # each run revokes the key the last one minted: name it
+                    key_id,
                     "--output",
                     "json",
                 ],

@@ -11,6 +11,11 @@ its bookkeeping beside that file, never inside it::
 Every write goes to a temporary file in the same directory (created 0600 and
 exclusively), is fsynced, renamed over its target, and the directory is
 fsynced: a crash leaves the old file or the new one, never half of one.
+
+A target path that is a symbolic link is written through: the file it resolves to is
+replaced in its own directory (a temporary file there, then a rename), keeping its mode
+and owner, and the link stays a link. The sidecars stay next to the link, named after it.
+A link whose destination does not exist is an error, never read as an empty target.
 """
 
 from __future__ import annotations
@@ -99,7 +104,7 @@ class FileStore:
     # ------------------------------------------------------------------ the protocol
 
     def read(self) -> TargetState:
-        """Current and pending versions; a missing file reads as empty."""
+        """Current and pending versions; a missing file (not a dangling link) reads as empty."""
         with self._os_errors("reading"), self._locked(exclusive=False):
             return self._view(self._snapshot())
 
@@ -138,7 +143,8 @@ class FileStore:
             pending = state.pending
             if pending is None or pending.stamp is None or pending.stamp.attempt != attempt:
                 raise StoreNotFound(self._name, f"no version staged by attempt {attempt}")
-            self._write(self.path, self._merge(snap.main, pending.value), like=self._stat_main())
+            main = self._consumer_file()
+            self._write(main, self._merge(snap.main, pending.value), like=self._stat_main(main))
             book.current = _Entry(pending.version, replace(pending.stamp, promoted_at=promoted_at))
             book.pending = None
             self._write(self._sidecar, _dump_book(book))
@@ -152,17 +158,19 @@ class FileStore:
             if not stat.S_ISDIR(os.stat(self.path.parent).st_mode):
                 raise StoreNotFound(self._name, f"{self.path.parent} is not a directory")
             with self._locked(exclusive=True):
-                fd, tmp = self._create_temp()
-                try:
-                    size = len(_read_bytes(self.path) or b"") + 4096  # value, pending, sidecar
-                    view = memoryview(bytes(size))
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                    os.unlink(tmp)
-                for path in (self.path, self._pending, self._sidecar):
+                main = self._consumer_file()
+                size = len(_read_bytes(main) or b"") + 4096  # value, pending, sidecar
+                for folder in {self.path.parent, main.parent}:
+                    fd, tmp = self._create_temp(folder)
+                    try:
+                        view = memoryview(bytes(size))
+                        while view:
+                            view = view[os.write(fd, view) :]
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                        os.unlink(tmp)
+                for path in (main, self._pending, self._sidecar):
                     with contextlib.suppress(FileNotFoundError):
                         os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
 
@@ -171,7 +179,29 @@ class FileStore:
     def _snapshot(self) -> _Snapshot:
         sidecar = _read_bytes(self._sidecar)
         book = _Book() if sidecar is None else self._load_book(sidecar)
-        return _Snapshot(_read_bytes(self.path), _read_bytes(self._pending), sidecar, book)
+        main = _read_bytes(self._consumer_file())
+        return _Snapshot(main, _read_bytes(self._pending), sidecar, book)
+
+    def _consumer_file(self) -> Path:
+        """The file consumers read: the target path, or the file its symbolic link resolves to.
+
+        :raises StoreNotFound: the path is a link whose destination does not exist.
+        """
+        if not os.path.islink(self.path):
+            return self.path
+        try:
+            return Path(os.path.realpath(self.path, strict=True))
+        except FileNotFoundError:
+            raise StoreNotFound(
+                self._name,
+                f"{self.path} is a symbolic link to {os.readlink(self.path)}, which does not "
+                "exist; create that file or point the link at an existing one",
+            ) from None
+        except OSError as exc:  # a loop of links (ELOOP), a component we may not search
+            reason = exc.strerror or type(exc).__name__
+            raise StoreError(
+                self._name, f"{self.path} is a symbolic link that cannot be resolved: {reason}"
+            ) from None
 
     def _view(self, snap: _Snapshot) -> TargetState:
         current = None
@@ -260,20 +290,22 @@ class FileStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _stat_main(self) -> os.stat_result | None:
+    @staticmethod
+    def _stat_main(main: Path) -> os.stat_result | None:
         try:
-            return os.stat(self.path)
+            return os.stat(main)
         except FileNotFoundError:
             return None
 
-    def _create_temp(self) -> tuple[int, Path]:
-        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+    def _create_temp(self, folder: Path) -> tuple[int, Path]:
+        tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         return os.open(tmp, flags, _PRIVATE), tmp
 
     def _write(self, path: Path, data: bytes, *, like: os.stat_result | None = None) -> None:
-        """Atomically replace ``path``; ``like`` keeps a consumer file's mode and owner."""
-        fd, tmp = self._create_temp()
+        """Atomically replace ``path`` (a temporary file in its directory, then a rename);
+        ``like`` keeps a consumer file's mode and owner."""
+        fd, tmp = self._create_temp(path.parent)
         try:
             try:
                 if like is not None:

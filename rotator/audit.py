@@ -29,13 +29,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Final
 
-from rotator.abc import format_time
+from rotator.abc import format_time, parse_time
 from rotator.errors import RotatorError
 from rotator.secret import Secret
 
 GENESIS: Final = "0" * 64
 _FIELDS: Final = frozenset({"seq", "ts", "event", "key", "attempt", "details", "prev", "hash"})
 _BLOCK: Final = 8192
+_TS_TAIL: Final = re.compile(rb'"ts":"([0-9T:.Z+-]+)"}$')  # the last field of a canonical line
 # Raw vendor keys, matched anywhere in a string. AWS secret keys have no prefix to match on.
 _RAW_KEY: Final = re.compile(
     r"adj_live_[0-9a-f]{64}|adj_agent_[0-9a-f]{48}|sk_live_[A-Za-z0-9]{40}"
@@ -196,6 +197,37 @@ class Journal:
                 if entry.get("key") == key and (event is None or entry.get("event") == event):
                     return entry
         return None
+
+    def recent(self, key: str, since: datetime) -> list[dict[str, Any]]:
+        """The entries of ``key`` stamped ``since`` or later, oldest first, read from the end
+        (so the cost is the recent tail, not the whole journal)."""
+        if not self.path.exists():
+            return []
+        found: list[dict[str, Any]] = []
+        needle = b'"key":' + _canonical(key)
+        with open(self.path, "rb") as f:
+            for line, torn in _reverse_lines(f):
+                if torn:
+                    continue
+                # canonical lines end with the ts: read it without parsing other keys' entries
+                tail = _TS_TAIL.search(line)
+                entry = _parse(line) if tail is None or needle in line else None
+                stamp = tail.group(1).decode() if tail is not None else (entry or {}).get("ts")
+                try:
+                    at = parse_time(stamp) if isinstance(stamp, str) else None
+                except ValueError:
+                    at = None
+                if at is None:
+                    raise JournalError(
+                        f"{self.path}: a line that is not a journal entry; "
+                        "run 'rotator audit verify'"
+                    )
+                if at < since:
+                    break
+                if entry is not None and entry.get("key") == key:
+                    found.append(entry)
+        found.reverse()
+        return found
 
     def verify(self) -> VerifyResult:
         """Check the whole chain, streaming: hashes, links, seq, and a cut last line."""

@@ -431,6 +431,7 @@ def emergency(
         key_id=key_id,
         started=STARTED,
         lock_timeout=lock_timeout,
+        warn=lambda line: click.echo(redact(f"rotator: warning: {line}"), err=True),
     )
     from rotator.notify import notify
 

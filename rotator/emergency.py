@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,9 +23,15 @@ from typing import Any
 
 from rotator.abc import VendorKey, format_time
 from rotator.engine.runner import Engine, KeyResult
-from rotator.errors import RotatorError
+from rotator.errors import ConfigError, RotatorError
 
 log = logging.getLogger("rotator.emergency")
+
+REPEAT_WINDOW = timedelta(hours=1)
+"""A second emergency this soon after one that minted the key now current must name the
+leaked key (``--key-id``): without it, it would revoke the key the first one just minted."""
+CLOCK_MARGIN = timedelta(minutes=10)
+"""How far the vendor's clock (a key's ``created_at``) may be from ours for that check."""
 
 
 @dataclass
@@ -95,9 +102,14 @@ def run_emergency(
     key_id: str | None = None,
     started: float | None = None,
     lock_timeout: timedelta = timedelta(0),
+    warn: Callable[[str], None] | None = None,
 ) -> EmergencyReport:
-    """Revoke ``key``'s leaked vendor key, mint and roll out a new one, audit, report."""
+    """Revoke ``key``'s leaked vendor key, mint and roll out a new one, audit, report.
+
+    ``warn`` gets a line for each option that cannot apply, once the run is sure to proceed.
+    """
     t0 = started if started is not None else time.monotonic()
+    _check_input(engine, reason, leaked_since)
     own_key = key in engine.credential_keys()
     issuer = engine.issuer(key)
     reset_vendor = not issuer.capabilities.overlap
@@ -106,8 +118,12 @@ def run_emergency(
     order = "reset" if reset_vendor else ("mint-then-revoke" if serve_first else "revoke-first")
     report = EmergencyReport(key=key, reason=reason, order=order)
     with engine.take_lease(key, lock_timeout):
-        engine.journal.append("emergency-started", key=key, reason=reason, order=order)
         leaked, promoted = _leaked_key(engine, key, key_id)
+        if key_id is None:
+            _refuse_repeat(engine, key, leaked)
+        if keep_serving and warn is not None and (why := keep_serving_ignored(engine, key)):
+            warn(why)
+        engine.journal.append("emergency-started", key=key, reason=reason, order=order)
         report.leaked_key_id, report.leaked_prefix = leaked.id, leaked.prefix
         since = leaked_since or promoted or leaked.created_at
         report.leaked_since = format_time(since)
@@ -137,6 +153,64 @@ def run_emergency(
             report=report.report_path,
         )
     return report
+
+
+def keep_serving_ignored(engine: Engine, key: str) -> str | None:
+    """Why ``--keep-serving`` cannot apply to ``key`` (a reset-only vendor), else ``None``."""
+    if engine.issuer(key).capabilities.overlap:
+        return None
+    return (
+        f"{key}: --keep-serving cannot apply: its vendor revokes the old key the moment it resets "
+        "it, so there is no overlap to roll out in first; the emergency is an immediate reset "
+        "instead, and consumers fail until they read the new key"
+    )
+
+
+def _check_input(engine: Engine, reason: str, leaked_since: datetime | None) -> None:
+    """Refuse, before anything is touched, what would make the incident record wrong."""
+    if not reason.strip():
+        raise ConfigError(
+            "--reason is empty: say why the key is revoked (it goes into the journal and the "
+            "incident report)"
+        )
+    now = engine.clock()
+    if leaked_since is not None and leaked_since > now:
+        raise ConfigError(
+            f"--leaked-since {format_time(leaked_since)} is in the future (now {format_time(now)}): "
+            "give the earliest time the key may have leaked"
+        )
+
+
+def _refuse_repeat(engine: Engine, key: str, leaked: VendorKey) -> None:
+    """Refuse to revoke a key an emergency minted within :data:`REPEAT_WINDOW` unless named."""
+    since = engine.clock() - REPEAT_WINDOW
+    if leaked.created_at < since - CLOCK_MARGIN:
+        return  # created (by the vendor's clock) before any emergency of the window began
+    started = _minted_by_emergency(engine.journal.recent(key, since)).get(leaked.id)
+    if started is None:
+        return
+    raise ConfigError(
+        f"{key}: the current key {leaked.id} ({leaked.prefix}…) was minted by the emergency "
+        f"started at {started}; not revoking it on a guess. Name the leaked key with --key-id "
+        f"(--key-id {leaked.id} if this one leaked too)"
+    )
+
+
+def _minted_by_emergency(entries: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Vendor key id -> start time of the emergency that minted it (journal entries, in order)."""
+    minted: dict[str, str] = {}
+    started: str | None = None
+    for entry in entries:
+        event = entry.get("event")
+        if event == "emergency-started":
+            started = str(entry.get("ts"))
+        elif event == "emergency-complete":
+            started = None
+        elif event in ("minted", "reset") and started is not None:
+            key_id = (entry.get("details") or {}).get("key_id")
+            if isinstance(key_id, str):
+                minted[key_id] = started
+    return minted
 
 
 def _revoked(

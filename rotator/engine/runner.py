@@ -310,16 +310,47 @@ class Engine:
                 for v in (t.state.current, t.state.pending):
                     if v is not None and v.value not in candidates:
                         candidates.append(v.value)
+        stored = list(candidates)
         if bootstrap is not None and bootstrap not in candidates:
             candidates.append(bootstrap)
+        boot_refused: VendorAuthError | None = None
         for value in candidates:
             self._credentials[key] = value
             try:
                 return tuple(issuer.list_keys())
-            except VendorAuthError:
+            except VendorAuthError as exc:
+                if value == bootstrap:
+                    boot_refused = exc
                 continue
         self._forget_credential(key)
+        if bootstrap is not None and boot_refused is not None:
+            self._check_bootstrap_refusal(key, bootstrap, boot_refused, stored)
         return ()
+
+    def _check_bootstrap_refusal(
+        self, key: str, bootstrap: Secret, exc: VendorAuthError, stored: Sequence[Secret]
+    ) -> None:
+        """A refused bootstrap key that was never this key's is a wrong key, not a lost reset:
+        say so (advice to reset in the console would revoke the app's working key)."""
+        if exc.status == 401 and (
+            bootstrap in stored
+            or any(
+                e.get("details", {}).get("fingerprint") == bootstrap.fingerprint
+                for e in self.journal.entries(key)
+            )
+        ):
+            return  # once the app's key, revoked since: decide's lost-reset diagnosis holds
+        spec = self.spec.keys[key]
+        app = getattr(self.spec.issuers[spec.issuer], "app_id", None)
+        whose = f"app {app}" if app else f"issuer {spec.issuer}"
+        answer = {401: "the vendor answered 401: unknown or revoked", None: "not a well-formed key"}.get(
+            exc.status, f"the vendor answered {exc.status}"
+        )
+        env = f"${spec.bootstrap.env}" if spec.bootstrap else "the bootstrap variable"
+        raise RotatorError(
+            f"the bootstrap key is not a key of {whose} ({answer}); "
+            f"set {env} to {whose}'s current key and run `rotator apply` again"
+        )
 
     # ------------------------------------------------------------------ passes
 
