@@ -17,7 +17,7 @@ import click
 from rotator import __version__
 from rotator.errors import ConfigError, RotatorError
 from rotator.logs import configure, redact
-from rotator.spec import RotationFile, Settings, load_rotation_file
+from rotator.spec import RotationFile, load_rotation_file, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HELD = 0, 1, 2, 3
 STARTED = time.monotonic()
@@ -26,7 +26,7 @@ STARTED = time.monotonic()
 
 class Context:
     def __init__(self, file: Path | None, debug: bool) -> None:
-        self.settings = Settings()
+        self.settings = load_settings()
         self.debug = debug or self.settings.debug
         self.file = file or self.settings.file
         self._engine: Any = None
@@ -92,7 +92,11 @@ def validate(obj: Context) -> None:
 
 @cli.command()
 @click.argument("keys", nargs=-1)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when steps are pending.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Terraform's exit codes: 0 nothing to do, 1 error (an invalid file too), 2 steps pending.",
+)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: str) -> None:
@@ -118,7 +122,7 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
     pending = any(d.action not in ("done", "wait") for _, d in decisions)
     if any(d.action == "fail" for _, d in decisions):
         sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_INVALID if detailed_exitcode and pending else EXIT_OK)
+    sys.exit(2 if detailed_exitcode and pending else EXIT_OK)
 
 
 def _run(
@@ -435,31 +439,59 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: errors are one line on stderr (a traceback with --debug)."""
+    """Entry point: every error is one line on stderr, ``rotator: error: ...``, printed once
+    (with --debug, after the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or Settings().debug
+    # Terraform's contract: with --detailed-exitcode, 2 means "steps pending", so errors are 1.
+    detailed_plan = _command(args) == "plan" and "--detailed-exitcode" in args
     try:
         cli.main(args=args, prog_name="rotator", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_INVALID)
+    except click.ClickException as exc:  # usage errors: click's exit code (2), our format
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _fail(None, False, EXIT_FAILED if detailed_plan else exc.exit_code, exc.format_message() + hint)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(None, False, 130, "aborted")
     except ConfigError as exc:
-        _fail(exc, debug, EXIT_INVALID)
+        _fail(exc, _debug(args), EXIT_FAILED if detailed_plan else EXIT_INVALID)
     except RotatorError as exc:
-        _fail(exc, debug, EXIT_FAILED)
+        _fail(exc, _debug(args), EXIT_FAILED)
+    except OSError as exc:  # the state directory or a file target cannot be written or read
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(exc, _debug(args), EXIT_FAILED, f"{where}{exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
-        _fail(exc, debug, EXIT_FAILED, prefix=f"unexpected {type(exc).__name__}: ")
+        _fail(exc, _debug(args), EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _fail(exc: BaseException, debug: bool, code: int, prefix: str = "") -> NoReturn:
-    if debug:
+def _command(args: Sequence[str]) -> str | None:
+    """The subcommand named in ``args``: the first word after the group's own options."""
+    rest = iter(args)
+    for arg in rest:
+        if arg in ("-f", "--file"):
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _debug(args: Sequence[str]) -> bool:
+    if "--debug" in args:
+        return True
+    try:
+        return load_settings().debug
+    except ConfigError:
+        return False
+
+
+def _fail(exc: BaseException | None, debug: bool, code: int, message: str | None = None) -> NoReturn:
+    if debug and exc is not None:
         click.echo(redact("".join(traceback.format_exception(exc))), err=True)
-    click.echo(redact(f"rotator: error: {prefix}{exc}"), err=True)
+    text = str(exc) if message is None else message
+    if not (isinstance(exc, ConfigError) and exc.problems):  # a file's problems: one per line
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    click.echo(redact(f"rotator: error: {text}"), err=True)
     sys.exit(code)
 
 
