@@ -378,8 +378,8 @@ def audit_verify(obj: Context) -> None:
     if result.ok:
         click.echo(f"journal intact: {result.checked} entries")
         return
-    click.echo(f"journal broken at line {result.first_bad}: {result.reason}", err=True)
-    sys.exit(EXIT_FAILED)
+    where = f" at line {result.first_bad}" if result.first_bad else ""
+    raise RotatorError(f"journal broken{where}: {result.reason}")
 
 
 @cli.command()

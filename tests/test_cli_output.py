@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from rotator.audit import Journal
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import Settings
 from tests import test_bad_input
 from tests.chaos.invariants import RAW_KEY
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, write_spec
+from tests.e2e_helpers import ADMIN_ENV, journal, write_spec
 from tests.test_bad_input import BASE, assert_one_clear_error
 
 cli = test_bad_input.cli  # the bad-input corpus's fixture: the real CLI in this process
@@ -84,6 +85,78 @@ def test_lowercase_log_level_is_accepted(tmp_path: Path, cli: Any, monkeypatch: 
     result = cli("-f", str(path), "validate")
     assert result.code == 0, result.err
     assert Settings().log_level == "DEBUG"
+
+
+# --------------------------------------------------------------------------- journal head (9)
+
+
+def _rotated_journal(tmp_path: Path, emulator: EmulatorServer, cli: Any) -> Path:
+    path = write_spec(tmp_path, emulator)
+    assert cli("-f", str(path), "apply").code == 0
+    return path
+
+
+def test_truncated_journal_fails_verify(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """Lines cut from the end, or the whole journal deleted: audit verify exits 1 naming it."""
+    path = _rotated_journal(tmp_path, emulator, cli)
+    log = tmp_path / "state/audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 3
+    ok = cli("-f", str(path), "audit", "verify")
+    assert ok.code == 0 and f"journal intact: {len(lines)} entries" in ok.out
+
+    log.write_bytes(b"".join(lines[:-1]))  # the tail cut at a line boundary: a valid chain
+    cut = cli("-f", str(path), "audit", "verify")
+    assert_one_clear_error(cut, "cut from the end", f"counts {len(lines)}", code=1)
+
+    log.unlink()
+    gone = cli("-f", str(path), "audit", "verify")
+    assert_one_clear_error(gone, "the journal is missing", code=1)
+
+
+def test_truncated_journal_refuses_appends(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """A pass does not write over a cut: appending to a journal shorter than its head fails."""
+    _rotated_journal(tmp_path, emulator, cli)
+    log = tmp_path / "state/audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]))
+    with pytest.raises(Exception, match="was cut"):
+        Journal(tmp_path / "state").append("note", key="payments")
+    assert log.read_bytes() == b"".join(lines[:-1])
+
+
+def test_replaced_tail_fails_verify(tmp_path: Path) -> None:
+    """A journal cut and re-chained to the same length: the head's hash no longer matches."""
+    state = tmp_path / "state"
+    first = Journal(state)
+    for n in range(3):
+        first.append("note", key="payments", n=n)
+    head = first.read_head()
+    log = state / "audit.jsonl"
+    log.write_bytes(b"".join(log.read_bytes().splitlines(keepends=True)[:2]))
+    (state / "audit.head").rename(state / "kept.head")
+    Journal(state).append("note", key="payments", n=99)  # a forged third entry
+    (state / "kept.head").rename(state / "audit.head")
+    result = Journal(state).verify()
+    assert head is not None and not result.ok and result.first_bad == 3
+    assert "head record" in (result.reason or "")
+
+
+def test_head_lagging_one_entry_after_a_crash_is_accepted(tmp_path: Path) -> None:
+    """A crash between the journal write and the head write leaves the head one behind: intact."""
+    state = tmp_path / "state"
+    journal_ = Journal(state)
+    journal_.append("one")
+    saved = (state / "audit.head").read_bytes()
+    journal_.append("two")
+    (state / "audit.head").write_bytes(saved)
+    assert journal_.verify().ok
+    journal_.append("three")  # the next append puts the head right again
+    assert journal_.read_head() == (3, journal(tmp_path)[-1]["hash"])
 
 
 # --------------------------------------------------------------------------- plan exit codes (14)
