@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rotator.audit import Journal
 from rotator.sandbox.emulator import EmulatorServer
+from rotator.scheduler import Daemon, serve_http
 from rotator.spec import Settings
 from tests import test_bad_input
 from tests.chaos.invariants import RAW_KEY
@@ -241,3 +245,57 @@ def test_stderr_never_wraps_when_piped(tmp_path: Path, emulator: EmulatorServer,
     bad = run_cli("-f", str(path), "rotate", "nokey_" + "y" * 200, cwd=tmp_path, env=env)
     lines = bad.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("rotator: error: unknown key(s): nokey_"), bad.stderr
+
+
+# --------------------------------------------------------------------------- healthz (20)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, emulator: EmulatorServer) -> Iterator[tuple[Daemon, Path, str]]:
+    path = write_spec(tmp_path, emulator)
+    d = Daemon(path, settings=Settings(retry_initial=0.01))
+    d.start(paused=True)
+    server = serve_http(d, "127.0.0.1", 0)
+    host, port = server.server_address[:2]
+    try:
+        yield d, path, f"http://{host!s}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        d.stop()
+
+
+def _failures(base: str) -> float:
+    text = httpx.get(f"{base}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "rotator_config_reload_failures_total":
+                return float(sample.value)
+    raise AssertionError("no rotator_config_reload_failures_total")
+
+
+def test_healthz_reports_stale_config(daemon: tuple[Daemon, Path, str]) -> None:
+    """A refused reload: /healthz stays 200 but says config stale, with the error and the
+    time of the last good load; the failure counter grows; a good reload clears it."""
+    d, path, base = daemon
+    health = httpx.get(f"{base}/healthz")
+    assert health.status_code == 200 and health.json()["config"] == "ok"
+    loaded = health.json()["config_loaded_at"]
+    assert RFC3339_Z.match(loaded) and "config_error" not in health.json()
+    assert _failures(base) == 0
+
+    good = path.read_text()
+    path.write_text(good.replace("drain: 1s", "drain: soon"))
+    assert not d.reload()
+    health = httpx.get(f"{base}/healthz")
+    body = health.json()
+    assert health.status_code == 200 and body["status"] == "ok"
+    assert body["config"] == "stale" and body["config_loaded_at"] == loaded
+    assert "defaults.verify.drain" in body["config_error"] and "\n" not in body["config_error"]
+    assert _failures(base) == 1
+
+    path.write_text(good)
+    assert d.reload()
+    body = httpx.get(f"{base}/healthz").json()
+    assert body["config"] == "ok" and "config_error" not in body
+    assert _failures(base) == 1
