@@ -57,6 +57,20 @@ def _emit(data: Any) -> None:
     click.echo(redact(json.dumps(data, indent=2, default=str)))
 
 
+def _rfc3339(t: datetime | None) -> str | None:
+    """The one time format of ``--output json``: RFC 3339, UTC, ``Z``."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def _window(engine: Any, key: str, steps: Sequence[str]) -> float | None:
+    """The cutover window of the reset this pass made (``window_s`` in the journal), if any."""
+    if "reset" not in steps:
+        return None
+    entry = engine.journal.last(key, "reset")
+    window = entry["details"].get("window_s") if entry else None
+    return float(window) if isinstance(window, int | float) else None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-f",
@@ -111,7 +125,7 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
                     "action": d.action,
                     "phase": d.phase,
                     "reason": d.reason,
-                    "until": d.until.isoformat() if d.until else None,
+                    "until": _rfc3339(d.until),
                 }
                 for k, d in decisions
             ]
@@ -145,15 +159,21 @@ def _run(
     import time
 
     from rotator.progress import ProgressView
+    from rotator.statedir import ensure_writable
+
+    ensure_writable(engine.state_dir)
 
     started = time.time()
     with ProgressView(enabled=output == "text") as view:
         results = engine.apply(names, force=force, wait=wait, parallel=parallel, progress=view.update)
+    windows = {r.key: _window(engine, r.key, r.steps) for r in results}
     if output == "json":
-        _emit([r.as_dict() for r in results])
+        _emit([{**r.as_dict(), "until": _rfc3339(r.until), "window_s": windows[r.key]} for r in results])
     else:
         for r in results:
             click.echo(f"{r.key}: {r.outcome} ({r.phase}): {r.message}")
+            if windows[r.key] is not None:
+                click.echo(f"{r.key}: cutover window {windows[r.key]:.3f}s (consumers could hold a dead key)")
     if pushgateway:
         from rotator.metrics import Metrics
 
@@ -245,6 +265,9 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
         raise RotatorError(
             f"issuer {engine.spec.keys[key].issuer} cannot reactivate a key: its revoke is final"
         )
+    from rotator.statedir import ensure_writable
+
+    ensure_writable(engine.state_dir)
     with engine.lease.acquire(key):
         restored = restore(key_id)
         engine.journal.append("reactivated", key=key, key_id=restored.id, prefix=restored.prefix)
@@ -253,39 +276,74 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
 
 @cli.command()
 @click.argument("key", required=False)
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 0 at rest or waiting, 1 a key failed, 3 a key is held."
+)
 @_output
 @click.pass_obj
-def status(obj: Context, key: str | None, output: str) -> None:
+def status(obj: Context, key: str | None, detailed_exitcode: bool, output: str) -> None:
     """Phase, ages, key prefixes and fingerprints, and whether targets are in sync."""
     from rotator.engine.decide import decide
-    from rotator.engine.status import describe
+    from rotator.engine.status import describe, key_format_check
 
     engine = obj.engine()
     rows = []
     for name in _keys(engine.spec, [key] if key else []):
         try:
             obs = engine.observe(name)
-            rows.append(describe(obs, decide(obs)))
+            issuer = engine.issuer(name)
+            rows.append(
+                describe(
+                    obs,
+                    decide(obs),
+                    is_key=key_format_check(issuer.matches, obs.capabilities.prefix_len),
+                    last_reset=engine.journal.last(name, "reset"),
+                )
+            )
         except RotatorError as exc:
-            rows.append({"key": name, "phase": "failed", "reason": str(exc), "targets": []})
+            rows.append({"key": name, "phase": "failed", "next": "fail", "reason": str(exc), "targets": []})
     if output == "json":
         _emit(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
-        for k in row.get("vendor_keys", []):
-            used = k["last_used_at"] or "never"
-            click.echo(f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}")
-        for t in row["targets"]:
-            if t["error"]:
-                click.echo(f"  target  {t['name']}: ERROR {t['error']}")
-                continue
-            cur, pen = t.get("current"), t.get("pending")
-            shown = f"{cur['prefix']} fp {cur['fingerprint']}" if cur else "empty"
-            extra = f", pending {pen['prefix']} fp {pen['fingerprint']}" if pen else ""
-            click.echo(f"  target  {t['name']}: {shown}{extra}")
-        if row.get("lagging"):
-            click.echo(f"  lagging: {', '.join(row['lagging'])}")
+    else:
+        for row in rows:
+            _show_status(row)
+    if detailed_exitcode:
+        if any(r["phase"] == "failed" or r["next"] == "fail" for r in rows):
+            sys.exit(EXIT_FAILED)
+        if any(r["phase"] == "held" or r["next"] == "hold" for r in rows):
+            sys.exit(EXIT_HELD)
+
+
+def _show_status(row: dict[str, Any]) -> None:
+    from datetime import timedelta
+
+    from rotator.spec import format_duration
+
+    def shown(prefix: str | None, truncated: bool) -> str:
+        return "" if prefix is None else prefix + ("…" if truncated else "") + " "
+
+    click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
+    for k in row.get("vendor_keys", []):
+        used = k["last_used_at"] or "never"
+        age = format_duration(timedelta(seconds=k["age_s"]))
+        prefix = shown(k["prefix"], k["truncated"])
+        click.echo(f"  vendor  {k['id']} {prefix}{k['status']}, age {age}, last used {used}")
+    for t in row["targets"]:
+        if t["error"]:
+            click.echo(f"  target  {t['name']}: ERROR {t['error']}")
+            continue
+        cur, pen = t.get("current"), t.get("pending")
+        now = f"{shown(cur['prefix'], cur['truncated'])}fp {cur['fingerprint']}" if cur else "empty"
+        extra = f", pending {shown(pen['prefix'], pen['truncated'])}fp {pen['fingerprint']}" if pen else ""
+        click.echo(f"  target  {t['name']}: {now}{extra}")
+    if row.get("lagging"):
+        click.echo(f"  lagging: {', '.join(row['lagging'])}")
+    cutover = row.get("last_cutover")
+    if cutover and cutover.get("window_s") is not None:
+        click.echo(
+            f"  cutover window {cutover['window_s']:.3f}s at the last reset ({cutover['reset_at']}): "
+            "consumers could hold a dead key this long"
+        )
 
 
 @cli.command()
@@ -323,9 +381,11 @@ def emergency(
     Exit codes as apply.
     """
     from rotator.emergency import run_emergency
+    from rotator.statedir import ensure_writable
 
     engine = obj.engine()
     _keys(engine.spec, [key])
+    ensure_writable(engine.state_dir)
     since = leaked_since.replace(tzinfo=leaked_since.tzinfo or UTC) if leaked_since else None
     report = run_emergency(
         engine,

@@ -7,6 +7,7 @@ matters) against the vendor emulator over loopback HTTP and file targets.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from rotator.spec import Settings
 from tests import test_bad_input
 from tests.chaos.invariants import RAW_KEY
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, journal, write_spec
+from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
 from tests.test_bad_input import BASE, assert_one_clear_error
 
 cli = test_bad_input.cli  # the bad-input corpus's fixture: the real CLI in this process
@@ -89,6 +90,67 @@ def test_lowercase_log_level_is_accepted(tmp_path: Path, cli: Any, monkeypatch: 
     result = cli("-f", str(path), "validate")
     assert result.code == 0, result.err
     assert Settings().log_level == "DEBUG"
+
+
+# --------------------------------------------------------------------------- read-only (6)
+
+
+def test_plan_writes_nothing(tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any) -> None:
+    """validate, plan, status, apply --dry-run and audit verify create no state_dir, no file."""
+    path = write_spec(tmp_path, emulator)
+    before = _tree(tmp_path)
+    for args in (["validate"], ["plan"], ["status"], ["apply", "--dry-run"], ["audit", "verify"]):
+        result = cli("-f", str(path), *args)
+        assert result.code == 0, (args, result.err)
+        assert _tree(tmp_path) == before, args
+    assert not (tmp_path / "state").exists()
+    assert agent_keys(emulator) == []  # nothing minted either
+
+
+def test_unwritable_state_dir_is_one_line_naming_it(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """A state_dir that cannot be created: one line naming it, exit 1, nothing minted or stored."""
+    path = write_spec(tmp_path, emulator)
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    path.write_text(path.read_text().replace("state_dir: state", "state_dir: blocker/state"))
+    before = emulator.emulator.adjudon_keys()
+    result = cli("-f", str(path), "apply")
+    assert_one_clear_error(result, f"state_dir {tmp_path / 'blocker' / 'state'} cannot be written", code=1)
+    assert "Not a directory" in result.err and "unexpected" not in result.err
+    assert emulator.emulator.adjudon_keys() == before
+    assert read_dotenv_key(tmp_path / "secrets/a.env") is None
+
+
+def test_full_state_dir_is_one_line_naming_it(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """A state_dir on a full disk (its writes go to /dev/full): one line, nothing minted."""
+    path = write_spec(tmp_path, emulator)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / ".rotator-write-check").symlink_to("/dev/full")
+    before = emulator.emulator.adjudon_keys()
+    result = cli("-f", str(path), "rotate", "payments")
+    assert_one_clear_error(result, f"state_dir {state} cannot be written", "No space left on device", code=1)
+    assert emulator.emulator.adjudon_keys() == before
+    assert read_dotenv_key(tmp_path / "secrets/a.env") is None
+
+
+def test_full_journal_is_one_line_naming_it(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """The journal itself cannot take a write: one line naming the file, not an OSError."""
+    path = write_spec(tmp_path, emulator)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "audit.jsonl").symlink_to("/dev/full")
+    result = cli("-f", str(path), "apply")
+    assert result.code == 1, result.err
+    assert result.out.startswith("payments: failed (failed): ")
+    assert f"{state / 'audit.jsonl'}: cannot append (No space left on device)" in result.out
+    assert "OSError" not in result.out + result.err and "Traceback" not in result.err
+    _no_secret(result.out, result.err)
 
 
 # --------------------------------------------------------------------------- journal head (9)
@@ -163,6 +225,46 @@ def test_head_lagging_one_entry_after_a_crash_is_accepted(tmp_path: Path) -> Non
     assert journal_.read_head() == (3, journal(tmp_path)[-1]["hash"])
 
 
+# --------------------------------------------------------------------------- status prefixes (10)
+
+
+def test_status_shows_no_prefix_for_non_key_values(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """A stored value that is not a vendor key (a password) shows by its fingerprint alone."""
+    path = write_spec(tmp_path, emulator, targets=1)
+    password = "hunter2-database-password-xyz"
+    (tmp_path / "secrets/a.env").write_text(f"ADJUDON_API_KEY={password}\n")
+    for output in ("text", "json"):
+        result = cli("-f", str(path), "status", "--output", output)
+        assert password[:5] not in result.out, result.out
+    row = json.loads(cli("-f", str(path), "status", "--output", "json").out)[0]
+    current = row["targets"][0]["current"]
+    assert current["prefix"] is None and current["truncated"] is False and len(current["fingerprint"]) == 12
+    text = cli("-f", str(path), "status").out
+    assert f": fp {current['fingerprint']}" in text
+
+
+def test_status_shows_the_prefix_of_a_key(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """A stored agent key, known to the vendor or only of its format, shows its 13-char prefix."""
+    path = write_spec(tmp_path, emulator, targets=1)
+    assert cli("-f", str(path), "apply").code == 0
+    key = read_dotenv_key(tmp_path / "secrets/a.env")
+    assert key is not None
+    row = json.loads(cli("-f", str(path), "status", "--output", "json").out)[0]
+    assert row["targets"][0]["current"] == {
+        **row["targets"][0]["current"],
+        "prefix": key[:13],
+        "truncated": True,
+    }
+    unknown = "adj_agent_" + "0" * 48  # the format, but no key the vendor lists
+    (tmp_path / "secrets/a.env").write_text(f"ADJUDON_API_KEY={unknown}\n")
+    row = json.loads(cli("-f", str(path), "status", "--output", "json").out)[0]
+    assert row["targets"][0]["current"]["prefix"] == unknown[:13]
+
+
 # --------------------------------------------------------------------------- plan exit codes (14)
 
 
@@ -185,6 +287,34 @@ def test_plan_detailed_exitcode(tmp_path: Path, emulator: EmulatorServer, admin:
     assert cli("-f", str(path), "plan", "--detailed-exitcode").code == 2
     assert cli("-f", str(path), "apply").code == 0
     assert cli("-f", str(path), "plan", "--detailed-exitcode").code == 0
+
+
+# --------------------------------------------------------------------------- status exit codes (15)
+
+
+def test_status_detailed_exitcode(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """status --detailed-exitcode: 0 at rest, 1 a key failed; plain status stays 0."""
+    path = write_spec(tmp_path, emulator, targets=1)
+    assert cli("-f", str(path), "apply").code == 0
+    assert cli("-f", str(path), "status", "--detailed-exitcode").code == 0
+    monkeypatch.setenv(ADMIN_ENV, "adj_live_" + "1" * 64)  # a credential the vendor refuses
+    failed = cli("-f", str(path), "status", "--detailed-exitcode")
+    assert failed.code == 1 and "payments: failed" in failed.out
+    assert cli("-f", str(path), "status").code == 0
+    _no_secret(failed.out, failed.err)
+
+
+def test_status_detailed_exitcode_held(
+    tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
+) -> None:
+    """A held key: status --detailed-exitcode exits 3."""
+    path = _hold(tmp_path, emulator, cli)
+    result = cli("-f", str(path), "status", "--detailed-exitcode", "--output", "json")
+    rows = json.loads(result.out)
+    assert rows[0]["next"] == "hold", rows
+    assert result.code == 3
 
 
 # --------------------------------------------------------------------------- one error format (16)
@@ -245,6 +375,87 @@ def test_stderr_never_wraps_when_piped(tmp_path: Path, emulator: EmulatorServer,
     bad = run_cli("-f", str(path), "rotate", "nokey_" + "y" * 200, cwd=tmp_path, env=env)
     lines = bad.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("rotator: error: unknown key(s): nokey_"), bad.stderr
+
+
+# --------------------------------------------------------------------------- JSON (18)
+
+
+def _assert_times(value: Any, path: str = "") -> None:
+    """Every time is RFC 3339 with Z, every duration a number, no prefix has an ellipsis."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if (k.endswith("_at") or k == "until") and v is not None:
+                assert isinstance(v, str) and RFC3339_Z.match(v), (path + k, v)
+            if k.endswith("_s"):
+                assert v is None or isinstance(v, int | float), (path + k, v)
+            if k == "prefix":
+                assert v is None or "…" not in v, (path + k, v)
+            _assert_times(v, f"{path}{k}.")
+    elif isinstance(value, list):
+        for item in value:
+            _assert_times(item, path)
+
+
+def test_json_output_shape(tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any) -> None:
+    """plan, apply, rotate and status JSON: times RFC 3339 Z, ages in seconds, bare prefixes."""
+    path = write_spec(tmp_path, emulator, targets=1)
+    planned = json.loads(cli("-f", str(path), "plan", "--output", "json").out)
+    assert [(p["key"], p["action"]) for p in planned] == [("payments", "mint")]
+    assert set(planned[0]) == {"key", "action", "phase", "reason", "until"}
+    applied = json.loads(cli("-f", str(path), "apply", "--output", "json").out)
+    assert set(applied[0]) == {"key", "outcome", "phase", "message", "steps", "until", "window_s"}
+    assert applied[0]["steps"][0] == "mint" and applied[0]["window_s"] is None
+    rotated = cli("-f", str(path), "rotate", "payments", "--output", "json")
+    assert rotated.code == 0, rotated.err
+    waiting = json.loads(rotated.out)[0]
+    assert waiting["outcome"] == "waiting" and RFC3339_Z.match(waiting["until"])
+    status = json.loads(cli("-f", str(path), "status", "--output", "json").out)[0]
+    for data in (planned, applied, waiting, status):
+        _assert_times(data)
+    vendor = status["vendor_keys"]
+    assert len(vendor) == 2 and all(isinstance(k["age_s"], float) and k["truncated"] is True for k in vendor)
+    assert all(len(k["prefix"]) == 13 and RFC3339_Z.match(k["created_at"]) for k in vendor)
+    assert status["targets"][0]["current"]["prefix"] == vendor[0]["prefix"]
+    assert status["last_cutover"] is None
+    text = cli("-f", str(path), "status").out
+    assert f"{vendor[0]['prefix']}… active" in text  # people still see the ellipsis
+    _no_secret(json.dumps([planned, applied, waiting, status]), text)
+
+
+# --------------------------------------------------------------------------- cutover window (19)
+
+
+def test_cutover_window_is_printed(tmp_path: Path, emulator: EmulatorServer, cli: Any) -> None:
+    """A reset's window (consumers could hold a dead key) shows in the pass and in status."""
+    raw = emulator.emulator.create_app("app_9")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets/app.key").write_text(raw + "\n")
+    spec = tmp_path / "rotations.yaml"
+    spec.write_text(f"""\
+version: 1
+state_dir: state
+issuers:
+  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_9}}
+keys:
+  app:
+    issuer: lendsqr
+    targets:
+      - {{type: file, path: secrets/app.key}}
+      - {{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}}
+""")
+    assert cli("-f", str(spec), "apply").code == 0
+    rotated = cli("-f", str(spec), "rotate", "app")
+    assert rotated.code == 0, rotated.err
+    window = [e for e in journal(tmp_path) if e["event"] == "reset"][-1]["details"]["window_s"]
+    assert f"app: cutover window {window:.3f}s" in rotated.out
+    status = cli("-f", str(spec), "status")
+    assert f"cutover window {window:.3f}s at the last reset" in status.out
+    row = json.loads(cli("-f", str(spec), "status", "--output", "json").out)[0]
+    assert row["last_cutover"]["window_s"] == window and RFC3339_Z.match(row["last_cutover"]["reset_at"])
+    again = json.loads(cli("-f", str(spec), "rotate", "app", "--output", "json").out)[0]
+    newest = [e for e in journal(tmp_path) if e["event"] == "reset"][-1]["details"]["window_s"]
+    assert again["steps"] == ["reset"] and again["window_s"] == newest
+    _no_secret(rotated.out, status.out, json.dumps(row))
 
 
 # --------------------------------------------------------------------------- healthz (20)
