@@ -34,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
+from rotator.logs import redact
 from rotator.metrics import Metrics
 from rotator.spec import RotationFile, Settings, cron_trigger, load_rotation_file, parse_duration
 
@@ -126,7 +127,7 @@ class Daemon:
             problem = " ".join(line.strip() for line in str(exc).splitlines())
         if problem is not None:  # one line, no traceback: the message names file, line and field
             log.error("reload failed, still running the previous rotation file: %s", problem)
-            self.config_error = problem
+            self.config_error = redact(problem)  # /healthz is not a log: mask keys here too
             self.metrics.reload_failures.inc()
             return False
         engine = self._new_engine(spec)

@@ -505,8 +505,15 @@ def test_healthz_reports_stale_config(daemon: tuple[Daemon, Path, str]) -> None:
     assert "defaults.verify.drain" in body["config_error"] and "\n" not in body["config_error"]
     assert _failures(base) == 1
 
+    leaked = "adj_live_" + "ab" * 32  # a key pasted into the file: the error quotes it
+    path.write_text(good.replace("drain: 1s", f"drain: {leaked}"))
+    assert not d.reload()
+    body = httpx.get(f"{base}/healthz").json()
+    assert body["config"] == "stale" and "defaults.verify.drain" in body["config_error"]
+    assert leaked not in httpx.get(f"{base}/healthz").text and _failures(base) == 2
+
     path.write_text(good)
     assert d.reload()
     body = httpx.get(f"{base}/healthz").json()
     assert body["config"] == "ok" and "config_error" not in body
-    assert _failures(base) == 1
+    assert _failures(base) == 2

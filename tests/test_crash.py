@@ -108,6 +108,7 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer) -> None:
         ["--debug", "rotate", "payments", "--wait"],
         ["--debug", "status"],
         ["--debug", "status", "--output", "json"],
+        ["--debug", "status", "--detailed-exitcode"],
         ["--debug", "plan", "--output", "json"],
         ["--debug", "audit", "verify"],
     ):
