@@ -485,7 +485,9 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
     keys in flight every --tick, /metrics and /healthz over HTTP. SIGHUP reloads the
     rotation file; SIGTERM finishes the step in hand and exits 0."""
     from rotator.scheduler import run
+    from rotator.statedir import ensure_writable
 
+    ensure_writable(obj.engine().state_dir)  # every pass journals: refuse to start without it
     sys.exit(
         run(
             obj.file,

@@ -137,6 +137,15 @@ def test_full_state_dir_is_one_line_naming_it(
     assert read_dotenv_key(tmp_path / "secrets/a.env") is None
 
 
+def test_serve_refuses_an_unwritable_state_dir(tmp_path: Path, emulator: EmulatorServer, cli: Any) -> None:
+    """serve journals every pass: it does not start on a state_dir it cannot write."""
+    path = write_spec(tmp_path, emulator)
+    (tmp_path / "blocker").write_text("a file, not a directory\n")
+    path.write_text(path.read_text().replace("state_dir: state", "state_dir: blocker/state"))
+    result = cli("-f", str(path), "serve", "--port", "0")
+    assert_one_clear_error(result, f"state_dir {tmp_path / 'blocker' / 'state'} cannot be written", code=1)
+
+
 def test_full_journal_is_one_line_naming_it(
     tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any
 ) -> None:
