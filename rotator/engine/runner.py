@@ -377,7 +377,7 @@ class Engine:
             self.journal.append(
                 "held" if decision.action == "hold" else "failed", key=key, reason=decision.reason
             )
-            log.info("%s: %s", key, decision.reason)  # the caller reports the outcome once
+            log.warning("%s: %s", key, decision.reason)
         return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
 
     def _sleep_until(self, until: datetime | None) -> None:
