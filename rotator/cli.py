@@ -511,6 +511,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # usage errors: click's exit code (2), our format
+        if isinstance(exc, _HELP):  # `rotator` or `rotator audit` alone: the help, not an error
+            exc.show()
+            sys.exit(exc.exit_code)
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _fail(None, False, EXIT_FAILED if detailed_plan else exc.exit_code, exc.format_message() + hint)
@@ -525,6 +528,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(exc, _debug(args), EXIT_FAILED, f"{where}{exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
         _fail(exc, _debug(args), EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}")
+
+
+_HELP: tuple[type[Exception], ...] = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name)
+)
+"""click (8.2+) raises this for a group called without a command; it carries the help text."""
 
 
 def _command(args: Sequence[str]) -> str | None:

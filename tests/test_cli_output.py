@@ -348,6 +348,15 @@ def test_usage_errors_use_one_format(tmp_path: Path, cli: Any, args: list[str], 
     assert result.out == ""
 
 
+@pytest.mark.parametrize("args", [[], ["audit"]])
+def test_group_without_command_shows_its_help(cli: Any, args: list[str]) -> None:
+    """`rotator` or `rotator audit` alone: the help as click lays it out, not a folded error."""
+    result = cli(*args)
+    assert result.code in (0, 2)
+    shown = result.out + result.err
+    assert shown.startswith("Usage: rotator") and "Commands:" in shown and "rotator: error" not in shown
+
+
 def test_failed_key_is_reported_once(tmp_path: Path, emulator: EmulatorServer, admin: str, cli: Any) -> None:
     """A key held (or failed) in a pass is reported once on each stream: its result line on
     stdout, one warning line on stderr (no progress line repeats it)."""
