@@ -221,6 +221,18 @@ def test_replaced_tail_fails_verify(tmp_path: Path) -> None:
     assert "head record" in (result.reason or "")
 
 
+def test_damaged_head_fails_verify(tmp_path: Path) -> None:
+    """A head record that is not one: verify says so, and no append goes past it."""
+    state = tmp_path / "state"
+    Journal(state).append("one")
+    (state / "audit.head").write_text("{not json")
+    result = Journal(state).verify()
+    assert not result.ok and result.reason == f"{state / 'audit.head'}: the head record is damaged"
+    with pytest.raises(Exception, match="head record is damaged"):
+        Journal(state).append("two")
+    assert len(journal(tmp_path)) == 1
+
+
 def test_head_lagging_one_entry_after_a_crash_is_accepted(tmp_path: Path) -> None:
     """A crash between the journal write and the head write leaves the head one behind: intact."""
     state = tmp_path / "state"
