@@ -394,7 +394,7 @@ def test_error_printed_once_with_debug(tmp_path: Path, cli: Any) -> None:
 
 
 def test_stderr_never_wraps_when_piped(tmp_path: Path, emulator: EmulatorServer, admin: str) -> None:
-    """Piped (not a TTY), progress lines and errors stay whole however long they are."""
+    """Piped (not a TTY), progress lines, log lines and errors stay whole however long."""
     long_name = "payments_" + "x" * 150
     path = write_spec(tmp_path, emulator, targets=1)
     path.write_text(path.read_text().replace("  payments:", f"  {long_name}:"))
@@ -407,6 +407,11 @@ def test_stderr_never_wraps_when_piped(tmp_path: Path, emulator: EmulatorServer,
     bad = run_cli("-f", str(path), "rotate", "nokey_" + "y" * 200, cwd=tmp_path, env=env)
     lines = bad.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("rotator: error: unknown key(s): nokey_"), bad.stderr
+    emulator.emulator.create_agent_key("payments", name="by hand")  # a newer key: the next pass holds
+    held = run_cli("-f", str(path), "apply", cwd=tmp_path, env=env)
+    assert held.returncode == 3, held.stderr
+    [warning] = held.stderr.splitlines()
+    assert f" WARNING rotator.engine: {long_name}: " in warning and len(warning) > 200
 
 
 # --------------------------------------------------------------------------- JSON (18)
