@@ -336,13 +336,12 @@ class FileStore:
 
     @contextlib.contextmanager
     def _locked(self, *, exclusive: bool) -> Iterator[None]:
-        """flock the lock file; a reader that may not create it reads without the lock."""
+        """flock the lock file. A reader never creates it (read-only commands write nothing):
+        without one, no writer has run yet, and it reads without the lock."""
         fd: int | None
-        try:
+        if exclusive:
             fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _PRIVATE)
-        except OSError:
-            if exclusive:
-                raise
+        else:
             try:
                 fd = os.open(self._lock, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:

@@ -9,7 +9,13 @@ Each line is one entry::
 ``seq`` counts from 1 and equals the line number; the first entry's ``prev`` is
 64 zeros. Editing, deleting, reordering or cutting lines breaks the chain and
 :meth:`Journal.verify` names the first line that does not hold. Removing whole
-lines from the end cannot be seen from the file alone.
+lines from the end cannot be seen from the file alone, so each append also
+replaces the **head record** ``audit.head`` (the entry count and the last
+hash, written to a temporary file and renamed over the old one): a journal
+shorter than its head, or whose entry at the head's count has another hash,
+was cut. Not detected: a journal and head both rewritten (or both deleted)
+together, and the entries appended after a crash between the journal write
+and the head write (the head then lags by one entry, which verify accepts).
 
 Appends are serialised across threads and processes by an exclusive ``flock``
 on a sibling lock file. Readers take no lock: a line still being written has
@@ -80,6 +86,7 @@ class Journal:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / "audit.jsonl"
         self._lock_path = self.state_dir / "audit.jsonl.lock"
+        self.head_path = self.state_dir / "audit.head"
 
     # ------------------------------------------------------------------ writing
 
@@ -108,6 +115,12 @@ class Journal:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             seq, prev = self._head()
+            recorded = self.read_head()
+            if recorded is not None and recorded[0] > seq:
+                raise JournalError(
+                    f"{self.path}: the journal has {seq} entries but its head record "
+                    f"{self.head_path} counts {recorded[0]}: it was cut; run 'rotator audit verify'"
+                )
             entry: dict[str, Any] = {
                 "seq": seq + 1,
                 "ts": format_time(datetime.now(UTC)),
@@ -119,6 +132,7 @@ class Journal:
             }
             entry["hash"] = entry_hash(entry)
             self._write(_canonical(entry) + b"\n")
+            self._write_head(entry["seq"], entry["hash"])
         finally:
             os.close(lock_fd)  # closing the last fd on the description drops the flock
         return entry
@@ -146,20 +160,60 @@ class Journal:
 
     def _write(self, data: bytes) -> None:
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if created:  # make the new directory entry durable too
-            dir_fd = os.open(self.state_dir, os.O_RDONLY)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                os.fsync(dir_fd)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
             finally:
-                os.close(dir_fd)
+                os.close(fd)
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot append ({exc.strerror or exc})") from None
+        if created:  # make the new directory entry durable too
+            self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        dir_fd = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        """Replace the head record atomically: a temporary file, fsync, rename, fsync the dir."""
+        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, _canonical({"seq": seq, "hash": digest}) + b"\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.head_path)
+            self._sync_dir()
+        except OSError as exc:
+            raise JournalError(f"{self.head_path}: cannot write ({exc.strerror or exc})") from None
+
+    def read_head(self) -> tuple[int, str] | None:
+        """``(count, last hash)`` from the head record; ``None`` when there is none.
+
+        :raises JournalError: the head record is damaged.
+        """
+        try:
+            data = json.loads(self.head_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            data = None
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("seq"), int)
+            or not isinstance(data.get("hash"), str)
+        ):
+            raise JournalError(f"{self.head_path}: the head record is damaged")
+        return data["seq"], data["hash"]
 
     # ------------------------------------------------------------------ reading
 
@@ -230,8 +284,17 @@ class Journal:
         return found
 
     def verify(self) -> VerifyResult:
-        """Check the whole chain, streaming: hashes, links, seq, and a cut last line."""
+        """Check the whole chain, streaming: hashes, links, seq, a cut last line, and that
+        the journal reaches its head record (lines cut from the end, or the file deleted)."""
+        try:
+            head = self.read_head()
+        except JournalError as exc:
+            return VerifyResult(False, 0, None, str(exc))
         if not self.path.exists():
+            if head is not None:
+                return VerifyResult(
+                    False, 0, 1, f"the journal is missing but its head record counts {head[0]} entries"
+                )
             return VerifyResult(ok=True, checked=0)
         with open(self.path, "rb") as f:
             size = self._committed_size(f)
@@ -245,6 +308,18 @@ class Journal:
                     return VerifyResult(False, checked, lineno, problem)
                 prev = problem["hash"]
                 checked += 1
+                if head is not None and checked == head[0] and prev != head[1]:
+                    return VerifyResult(
+                        False, checked - 1, lineno, f"line {lineno} is not the entry the head record names"
+                    )
+        if head is not None and checked < head[0]:
+            return VerifyResult(
+                False,
+                checked,
+                checked + 1,
+                f"the journal ends after {checked} entries but its head record counts {head[0]}: "
+                "entries were cut from the end",
+            )
         return VerifyResult(ok=True, checked=checked)
 
     def _committed_size(self, f: IO[bytes]) -> int:

@@ -18,7 +18,7 @@ from rotator import __version__
 from rotator.completion import SHELLS, complete_keys
 from rotator.errors import ConfigError, LeaseBusy, RotatorError
 from rotator.logs import configure, redact
-from rotator.spec import RotationFile, Settings, load_rotation_file, parse_duration
+from rotator.spec import RotationFile, load_rotation_file, load_settings, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HELD = 0, 1, 2, 3
 EXIT_BUSY = 4
@@ -29,7 +29,7 @@ STARTED = time.monotonic()
 
 class Context:
     def __init__(self, file: Path | None, debug: bool) -> None:
-        self.settings = Settings()
+        self.settings = load_settings()
         self.debug = debug or self.settings.debug
         self.file = file or self.settings.file
         self._engine: Any = None
@@ -58,6 +58,20 @@ def _keys(spec: RotationFile, wanted: Sequence[str]) -> list[str]:
 
 def _emit(data: Any) -> None:
     click.echo(redact(json.dumps(data, indent=2, default=str)))
+
+
+def _rfc3339(t: datetime | None) -> str | None:
+    """The one time format of ``--output json``: RFC 3339, UTC, ``Z``."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if t else None
+
+
+def _window(engine: Any, key: str, steps: Sequence[str]) -> float | None:
+    """The cutover window of the reset this pass made (``window_s`` in the journal), if any."""
+    if "reset" not in steps:
+        return None
+    entry = engine.journal.last(key, "reset")
+    window = entry["details"].get("window_s") if entry else None
+    return float(window) if isinstance(window, int | float) else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,7 +116,11 @@ def validate(obj: Context) -> None:
 
 @cli.command()
 @click.argument("keys", nargs=-1, shell_complete=complete_keys)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when steps are pending.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Terraform's exit codes: 0 nothing to do, 1 error (an invalid file too), 2 steps pending.",
+)
 @click.option("--output", type=click.Choice(["text", "json"]), default="text")
 @click.pass_obj
 def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: str) -> None:
@@ -117,7 +135,7 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
                     "action": d.action,
                     "phase": d.phase,
                     "reason": d.reason,
-                    "until": d.until.isoformat() if d.until else None,
+                    "until": _rfc3339(d.until),
                 }
                 for k, d in decisions
             ]
@@ -128,7 +146,7 @@ def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: s
     pending = any(d.action not in ("done", "wait") for _, d in decisions)
     if any(d.action == "fail" for _, d in decisions):
         sys.exit(EXIT_FAILED)
-    sys.exit(EXIT_INVALID if detailed_exitcode and pending else EXIT_OK)
+    sys.exit(2 if detailed_exitcode and pending else EXIT_OK)
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -167,6 +185,9 @@ def _run(
 
     from rotator.interrupt import stop_on_signals
     from rotator.progress import ProgressView, log_progress
+    from rotator.statedir import ensure_writable
+
+    ensure_writable(engine.state_dir)
 
     started = time.time()
     json_logs = obj.settings.log_format == "json"  # stderr carries JSON lines only
@@ -183,11 +204,14 @@ def _run(
             wait_timeout=wait_timeout,
             lock_timeout=lock_timeout,
         )
+    windows = {r.key: _window(engine, r.key, r.steps) for r in results}
     if output == "json":
-        _emit([r.as_dict() for r in results])
+        _emit([{**r.as_dict(), "until": _rfc3339(r.until), "window_s": windows[r.key]} for r in results])
     else:
         for r in results:
             click.echo(f"{r.key}: {r.outcome} ({r.phase}): {r.message}")
+            if windows[r.key] is not None:
+                click.echo(f"{r.key}: cutover window {windows[r.key]:.3f}s (consumers could hold a dead key)")
     if pushgateway:
         from rotator.metrics import Metrics
 
@@ -337,6 +361,9 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
         raise RotatorError(
             f"issuer {engine.spec.keys[key].issuer} cannot reactivate a key: its revoke is final"
         )
+    from rotator.statedir import ensure_writable
+
+    ensure_writable(engine.state_dir)
     with engine.lease.acquire(key):
         restored = restore(key_id)
         engine.journal.append("reactivated", key=key, key_id=restored.id, prefix=restored.prefix)
@@ -345,40 +372,75 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
 
 @cli.command()
 @click.argument("key", required=False, shell_complete=complete_keys)
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 0 at rest or waiting, 1 a key failed, 3 a key is held."
+)
 @_output
 @click.pass_obj
-def status(obj: Context, key: str | None, output: str) -> None:
+def status(obj: Context, key: str | None, detailed_exitcode: bool, output: str) -> None:
     """Phase, ages, key prefixes and fingerprints, and whether targets are in sync."""
     from rotator.engine.decide import decide
-    from rotator.engine.status import describe
+    from rotator.engine.status import describe, key_format_check
 
     engine = obj.engine()
     rows = []
     for name in _keys(engine.spec, [key] if key else []):
         try:
             obs = engine.observe(name)
-            rows.append(describe(obs, decide(obs)))
+            issuer = engine.issuer(name)
+            rows.append(
+                describe(
+                    obs,
+                    decide(obs),
+                    is_key=key_format_check(issuer.matches, obs.capabilities.prefix_len),
+                    last_reset=engine.journal.last(name, "reset"),
+                )
+            )
         except RotatorError as exc:
-            rows.append({"key": name, "phase": "failed", "reason": str(exc), "targets": []})
+            rows.append({"key": name, "phase": "failed", "next": "fail", "reason": str(exc), "targets": []})
     if output == "json":
         _emit(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
-        for k in row.get("vendor_keys", []):
-            used = k["last_used_at"] or "never"
-            click.echo(f"  vendor  {k['id']} {k['prefix']} {k['status']}, age {k['age']}, last used {used}")
-        for t in row["targets"]:
-            if t["error"]:
-                click.echo(f"  target  {t['name']}: ERROR {t['error']}")
-                continue
-            cur, pen = t.get("current"), t.get("pending")
-            shown = f"{cur['prefix']} fp {cur['fingerprint']}" if cur else "empty"
-            shown += " BROKEN (the vendor rejects it)" if cur and cur.get("broken") else ""
-            extra = f", pending {pen['prefix']} fp {pen['fingerprint']}" if pen else ""
-            click.echo(f"  target  {t['name']}: {shown}{extra}")
-        if row.get("lagging"):
-            click.echo(f"  lagging: {', '.join(row['lagging'])}")
+    else:
+        for row in rows:
+            _show_status(row)
+    if detailed_exitcode:
+        if any(r["phase"] == "failed" or r["next"] == "fail" for r in rows):
+            sys.exit(EXIT_FAILED)
+        if any(r["phase"] == "held" or r["next"] == "hold" for r in rows):
+            sys.exit(EXIT_HELD)
+
+
+def _show_status(row: dict[str, Any]) -> None:
+    from datetime import timedelta
+
+    from rotator.spec import format_duration
+
+    def shown(prefix: str | None, truncated: bool) -> str:
+        return "" if prefix is None else prefix + ("…" if truncated else "") + " "
+
+    click.echo(f"{row['key']}: {row['phase']} - {row['reason']}")
+    for k in row.get("vendor_keys", []):
+        used = k["last_used_at"] or "never"
+        age = format_duration(timedelta(seconds=k["age_s"]))
+        prefix = shown(k["prefix"], k["truncated"])
+        click.echo(f"  vendor  {k['id']} {prefix}{k['status']}, age {age}, last used {used}")
+    for t in row["targets"]:
+        if t["error"]:
+            click.echo(f"  target  {t['name']}: ERROR {t['error']}")
+            continue
+        cur, pen = t.get("current"), t.get("pending")
+        now = f"{shown(cur['prefix'], cur['truncated'])}fp {cur['fingerprint']}" if cur else "empty"
+        now += " BROKEN (the vendor rejects it)" if cur and cur.get("broken") else ""
+        extra = f", pending {shown(pen['prefix'], pen['truncated'])}fp {pen['fingerprint']}" if pen else ""
+        click.echo(f"  target  {t['name']}: {now}{extra}")
+    if row.get("lagging"):
+        click.echo(f"  lagging: {', '.join(row['lagging'])}")
+    cutover = row.get("last_cutover")
+    if cutover and cutover.get("window_s") is not None:
+        click.echo(
+            f"  cutover window {cutover['window_s']:.3f}s at the last reset ({cutover['reset_at']}): "
+            "consumers could hold a dead key this long"
+        )
 
 
 @cli.command()
@@ -418,9 +480,11 @@ def emergency(
     Exit codes as apply, and 4 when another runner holds KEY's lease (after --lock-timeout).
     """
     from rotator.emergency import run_emergency
+    from rotator.statedir import ensure_writable
 
     engine = obj.engine()
     _keys(engine.spec, [key])
+    ensure_writable(engine.state_dir)
     since = leaked_since.replace(tzinfo=leaked_since.tzinfo or UTC) if leaked_since else None
     report = run_emergency(
         engine,
@@ -506,8 +570,8 @@ def audit_verify(obj: Context) -> None:
     if result.ok:
         click.echo(f"journal intact: {result.checked} entries")
         return
-    click.echo(f"journal broken at line {result.first_bad}: {result.reason}", err=True)
-    sys.exit(EXIT_FAILED)
+    where = f" at line {result.first_bad}" if result.first_bad else ""
+    raise RotatorError(f"journal broken{where}: {result.reason}")
 
 
 @cli.command()
@@ -553,7 +617,9 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
     keys in flight every --tick, /metrics and /healthz over HTTP. SIGHUP reloads the
     rotation file; SIGTERM finishes the step in hand and exits 0."""
     from rotator.scheduler import run
+    from rotator.statedir import ensure_writable
 
+    ensure_writable(obj.engine().state_dir)  # every pass journals: refuse to start without it
     sys.exit(
         run(
             obj.file,
@@ -591,33 +657,70 @@ def completion(shell: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: errors are one line on stderr (a traceback with --debug)."""
+    """Entry point: every error is one line on stderr, ``rotator: error: ...``, printed once
+    (with --debug, after the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or Settings().debug
+    # Terraform's contract: with --detailed-exitcode, 2 means "steps pending", so errors are 1.
+    detailed_plan = _command(args) == "plan" and "--detailed-exitcode" in args
     try:
         cli.main(args=args, prog_name="rotator", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_INVALID)
+    except click.ClickException as exc:  # usage errors: click's exit code (2), our format
+        if isinstance(exc, _HELP):  # `rotator` or `rotator audit` alone: the help, not an error
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _fail(None, False, EXIT_FAILED if detailed_plan else exc.exit_code, exc.format_message() + hint)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(None, False, 130, "aborted")
     except ConfigError as exc:
-        _fail(exc, debug, EXIT_INVALID)
+        _fail(exc, _debug(args), EXIT_FAILED if detailed_plan else EXIT_INVALID)
     except LeaseBusy as exc:
-        _fail(exc, debug, EXIT_BUSY)
+        _fail(exc, _debug(args), EXIT_BUSY)
     except RotatorError as exc:
-        _fail(exc, debug, EXIT_FAILED)
+        _fail(exc, _debug(args), EXIT_FAILED)
+    except OSError as exc:  # the state directory or a file target cannot be written or read
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(exc, _debug(args), EXIT_FAILED, f"{where}{exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 - the one place that turns any error into one line
-        _fail(exc, debug, EXIT_FAILED, prefix=f"unexpected {type(exc).__name__}: ")
+        _fail(exc, _debug(args), EXIT_FAILED, f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _fail(exc: BaseException, debug: bool, code: int, prefix: str = "") -> NoReturn:
-    if debug:
+_HELP: tuple[type[Exception], ...] = tuple(
+    getattr(click.exceptions, name) for name in ("NoArgsIsHelpError",) if hasattr(click.exceptions, name)
+)
+"""click (8.2+) raises this for a group called without a command; it carries the help text."""
+
+
+def _command(args: Sequence[str]) -> str | None:
+    """The subcommand named in ``args``: the first word after the group's own options."""
+    rest = iter(args)
+    for arg in rest:
+        if arg in ("-f", "--file"):
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _debug(args: Sequence[str]) -> bool:
+    if "--debug" in args:
+        return True
+    try:
+        return load_settings().debug
+    except ConfigError:
+        return False
+
+
+def _fail(exc: BaseException | None, debug: bool, code: int, message: str | None = None) -> NoReturn:
+    if debug and exc is not None:
         click.echo(redact("".join(traceback.format_exception(exc))), err=True)
-    click.echo(redact(f"rotator: error: {prefix}{exc}"), err=True)
+    text = str(exc) if message is None else message
+    if not (isinstance(exc, ConfigError) and exc.problems):  # a file's problems: one per line
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    click.echo(redact(f"rotator: error: {text}"), err=True)
     sys.exit(code)
 
 

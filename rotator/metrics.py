@@ -149,6 +149,11 @@ class Metrics:
             ["key", "phase"],
             registry=reg,
         )
+        self.reload_failures = Counter(
+            "rotator_config_reload_failures",
+            "SIGHUP reloads refused because the rotation file was invalid (the previous one runs on).",
+            registry=reg,
+        )
         self.pass_duration = Histogram(
             "rotator_pass_duration_seconds",
             "Duration of reconcile passes.",

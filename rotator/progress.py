@@ -19,7 +19,8 @@ from rotator.logs import redact
 class ProgressView:
     def __init__(self, *, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
-        self.console = console or Console(stderr=True, highlight=False)
+        # soft_wrap: a line is never cut at the console width (80 when piped or in CI logs)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self._last: dict[str, tuple[str, str]] = {}
         self._waiting: dict[str, Decision] = {}
         self._lock = threading.Lock()
@@ -51,13 +52,14 @@ class ProgressView:
             else:
                 self._waiting.pop(key, None)
             shown = (decision.phase, decision.action)
-            if self._last.get(key) == shown:
-                return
+            if self._last.get(key) == shown or decision.action in ("fail", "hold"):
+                return  # a failed or held key is reported once, by its result line
             self._last[key] = shown
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
         self.console.print(
             redact(f"{stamp} {key}: {decision.phase} -> {decision.action}: {decision.reason}"),
             markup=False,
+            soft_wrap=True,
         )
 
     def _render(self) -> Text:

@@ -34,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
+from rotator.logs import redact
 from rotator.metrics import Metrics
 from rotator.notify import notify
 from rotator.spec import RotationFile, Settings, cron_trigger, load_rotation_file, parse_duration
@@ -90,6 +91,10 @@ class Daemon:
         self._seen: dict[str, _Seen] = {}
         self._schedules: dict[str, str | None] = {}
         self._engine = self._new_engine(load_rotation_file(file))
+        self.loaded_at = datetime.now(UTC)
+        """When the rotation file now running was loaded."""
+        self.config_error: str | None = None
+        """Why the last reload was refused, until a reload succeeds."""
 
     @property
     def spec(self) -> RotationFile:
@@ -123,8 +128,11 @@ class Daemon:
             problem = " ".join(line.strip() for line in str(exc).splitlines())
         if problem is not None:  # one line, no traceback: the message names file, line and field
             log.error("reload failed, still running the previous rotation file: %s", problem)
+            self.config_error = redact(problem)  # /healthz is not a log: mask keys here too
+            self.metrics.reload_failures.inc()
             return False
         engine = self._new_engine(spec)
+        self.loaded_at, self.config_error = datetime.now(UTC), None
         with self._lock:
             old, self._engine = self._engine, engine
             idle = not self._users.get(old)
@@ -150,13 +158,21 @@ class Daemon:
             engine.close()
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``(HTTP status, body)`` of ``/healthz``: 503 unless the scheduler runs."""
+        """``(HTTP status, body)`` of ``/healthz``: 503 unless the scheduler runs.
+
+        A refused reload makes ``config`` ``stale`` (with the error and when the running
+        file was loaded) but stays 200: a bad edit must not get the pod restarted."""
         running = self.scheduler.running and not self._engine.stopping.is_set()
-        return (200 if running else 503), {
+        body: dict[str, Any] = {
             "status": "ok" if running else "stopped",
             "keys": len(self.spec.keys),
             "last_tick": self.last_tick.isoformat() if self.last_tick else None,
+            "config": "stale" if self.config_error else "ok",
+            "config_loaded_at": self.loaded_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+        if self.config_error:
+            body["config_error"] = self.config_error
+        return (200 if running else 503), body
 
     # ------------------------------------------------------------------ jobs
 

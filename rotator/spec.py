@@ -6,6 +6,7 @@ Every error names the field path and the YAML line it came from.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -600,6 +601,10 @@ def load_rotation_file(path: Path) -> RotationFile:
 # --------------------------------------------------------------------------- settings
 
 
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """Process settings, from ``ROTATOR_*`` environment variables."""
 
@@ -612,7 +617,10 @@ class Settings(BaseSettings):
     parallel: int = Field(default=4, ge=1, le=64)
     """Keys reconciled at once in one pass."""
     debug: bool = False
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_level: Annotated[
+        Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+        BeforeValidator(_upper),  # ROTATOR_LOG_LEVEL=debug means DEBUG
+    ] = "WARNING"
     log_format: Literal["text", "json"] = "text"
     """``json``: one JSON object per log line (for log pipelines)."""
     retry_attempts: int = Field(default=5, ge=1, le=20)
@@ -620,3 +628,16 @@ class Settings(BaseSettings):
     retry_max_total: float = Field(default=120.0, gt=0)
     probe_timeout: float = Field(default=60.0, gt=0)
     """How long a new key may take to be accepted by the vendor (eventual consistency)."""
+
+
+def load_settings() -> Settings:
+    """The process settings; an invalid ``ROTATOR_*`` variable is a ConfigError naming it."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        prefix = Settings.model_config.get("env_prefix", "")
+        problems = []
+        for e in exc.errors():
+            name = prefix + "_".join(str(p) for p in e["loc"]).upper()
+            problems.append(f"{name}: {e['msg']} (got {os.environ.get(name, e['input'])!r})")
+        raise ConfigError("invalid setting " + "; ".join(problems)) from None

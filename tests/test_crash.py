@@ -111,6 +111,7 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer, log_format
         ["--debug", "rotate", "payments", "--wait"],
         ["--debug", "status"],
         ["--debug", "status", "--output", "json"],
+        ["--debug", "status", "--detailed-exitcode"],
         ["--debug", "plan", "--output", "json"],
         ["--debug", "audit", "verify"],
         ["--debug", "report", "--output", "json"],

@@ -114,7 +114,7 @@ class Engine:
         state_dir = self.settings.state_dir or Path(spec.state_dir)
         self.state_dir = state_dir if state_dir.is_absolute() else base_dir / state_dir
         self.clock = clock
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # leases and journal only
+        # leases and journal only, created by the first write: read-only commands write nothing
         self.journal = Journal(self.state_dir)
         self.lease: Lease = lease if lease is not None else make_lease(spec, self.state_dir)
         self._issuer_factory = issuer_factory
