@@ -577,7 +577,7 @@ def test_unknown_active_keys_are_never_removed(world: World, tmp_path: Path) -> 
 
 def test_leftover_inactive_key_is_deleted_before_minting(world: World, tmp_path: Path) -> None:
     """An inactive key holding the second slot is deleted first when a rotation is due."""
-    path = _write_spec(tmp_path, world, drain="1h")
+    path = _write_spec(tmp_path, world, drain="1h", timeout="2h")
     with _engine(path) as engine:
         assert engine.apply([KEY], wait=True)[0].outcome == "ok"
         [current] = world.keys()

@@ -1,0 +1,236 @@
+"""Read one YAML document once, into Python data and the line of every field path, with bounds.
+
+libyaml (the C parser) composes the node tree when PyYAML was built with it, the pure-Python
+composer otherwise; then one walk over the tree builds the data and the line index together.
+Aliases are weighed on the node tree before anything is expanded, so an alias bomb ("billion
+laughs") is refused after composing a few hundred bytes, not after expanding billions of nodes.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import yaml
+from yaml.constructor import SafeConstructor
+
+MAX_DEPTH: Final = 64
+"""Deepest nesting of collections (a rotation file needs six levels)."""
+ALIAS_ALLOWANCE: Final = 10_000
+"""Aliases may add this many nodes, or as many as the file writes out, whichever is more."""
+
+Path = tuple[Any, ...]
+
+_STR: Final = "tag:yaml.org,2002:str"
+_SEQ: Final = "tag:yaml.org,2002:seq"
+_MAP: Final = "tag:yaml.org,2002:map"
+_MERGE: Final = "tag:yaml.org,2002:merge"
+
+try:  # libyaml: about 20 times faster than the pure-Python composer
+    from yaml import CSafeLoader as FastestLoader
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml import SafeLoader as FastestLoader  # type: ignore[assignment]
+
+# SafeLoader's implicit resolvers by first character; SafeLoader has no path resolvers
+_IMPLICIT: Final = {first: tuple(pairs) for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _resolve(self: Any, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+    """``BaseResolver.resolve`` for SafeLoader, without its per-call list building: the parser
+    calls this once per node, so it is most of the cost of composing."""
+    if kind is yaml.ScalarNode:
+        if implicit[0]:
+            for tag, regexp in _IMPLICIT.get(value[:1], ()):
+                if regexp.match(value):
+                    return str(tag)
+        return _STR
+    return _SEQ if kind is yaml.SequenceNode else _MAP
+
+
+def _loader_class(base: type[Any]) -> type[Any]:
+    return type(f"_Lean{base.__name__}", (base,), {"resolve": _resolve})
+
+
+_LOADERS: Final[dict[type[Any], type[Any]]] = {}
+
+
+class DocumentError(Exception):
+    """The document is not acceptable; ``line`` (1-based) is where, when known."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: reading a document makes hundreds of thousands of
+    objects that all stay alive, and the collector would scan them again and again for nothing
+    (the larger the file, the more often: most of the time, and super-linear)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def read_document(text: str, loader: type[Any] = FastestLoader) -> tuple[Any, dict[Path, int]]:
+    """The Python data of the single YAML document in ``text`` and the line each path starts on.
+
+    Raises :class:`yaml.YAMLError` for malformed YAML and :class:`DocumentError` for a document
+    that is well-formed but refused: duplicate keys, aliases expanding too far, nesting too deep,
+    a tag the rotation file has no use for.
+    """
+    lean = _LOADERS.get(loader) or _LOADERS.setdefault(loader, _loader_class(loader))
+    composer = lean(text)
+    with collector_paused():
+        try:
+            node = composer.get_single_node()
+        except RecursionError:  # the pure-Python composer recurses once per level
+            raise DocumentError(None, f"nested deeper than {MAX_DEPTH} levels") from None
+        finally:
+            composer.dispose()
+        if node is None:
+            return None, {}
+        builder = _Builder(node)
+        return builder.build(node, (), 0), builder.lines
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Refuse a tree whose aliases would expand it beyond the allowance, or nest too deep.
+
+    Each distinct node is weighed once (its size as expanded: itself and all it contains,
+    through aliases); an alias costs nothing to compose but its anchor's whole size to build.
+    """
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (nodes as expanded, levels below)
+    on_path: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        known = sizes.get(id(node))
+        if known is None:
+            if id(node) in on_path:
+                raise DocumentError(_line(node), "an alias refers to a collection that contains it")
+            if depth > MAX_DEPTH:
+                raise DocumentError(_line(node), f"nested deeper than {MAX_DEPTH} levels")
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = node.value
+            on_path.add(id(node))
+            total, below = 1, 0
+            for child in children:
+                total += size(child, depth + 1)
+                below = max(below, sizes[id(child)][1] + 1)
+            on_path.discard(id(node))
+            known = sizes[id(node)] = (total, below)
+        # an alias puts a whole subtree at this depth: its levels count from here
+        if depth + known[1] > MAX_DEPTH:
+            raise DocumentError(_line(node), f"nested deeper than {MAX_DEPTH} levels")
+        return known[0]
+
+    expanded = size(root, 0)
+    written = len(sizes)
+    allowed = max(ALIAS_ALLOWANCE, written)
+    if expanded - written > allowed:
+        raise DocumentError(
+            None,
+            f"aliases expand the document from {written} to {expanded} nodes; "
+            f"aliases may add at most {allowed} (the larger of {ALIAS_ALLOWANCE} and the nodes written)",
+        )
+
+
+class _Builder:
+    """One walk: Python data from the nodes, and ``lines`` from the marks.
+
+    The tree is only weighed (:func:`_check_size`) when the walk meets a collection a second
+    time, through an alias: a file without aliases pays one set insertion per collection.
+    """
+
+    def __init__(self, root: yaml.Node) -> None:
+        self.lines: dict[Path, int] = {}
+        self._root = root
+        self._seen: set[int] | None = set()
+        self._constructor = SafeConstructor()
+        self._scalars = SafeConstructor.yaml_constructors
+
+    def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        if depth >= MAX_DEPTH:
+            raise DocumentError(_line(node), f"nested deeper than {MAX_DEPTH} levels")
+        if self._seen is not None:
+            if id(node) in self._seen:
+                _check_size(self._root)
+                self._seen = None  # weighed once and within bounds: no need to look again
+            else:
+                self._seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ:
+                raise DocumentError(_line(node), f"the tag {node.tag!r} is not allowed here")
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        assert isinstance(node, yaml.MappingNode)
+        if node.tag != _MAP:
+            raise DocumentError(_line(node), f"the tag {node.tag!r} is not allowed here")
+        return self._mapping(node, path, depth)
+
+    def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _STR:
+            return node.value
+        construct = self._scalars.get(node.tag)
+        if construct is None or node.tag in (_SEQ, _MAP):
+            raise DocumentError(_line(node), f"the tag {node.tag!r} is not allowed here")
+        try:
+            return construct(self._constructor, node)
+        except (ValueError, OverflowError, yaml.YAMLError):
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise DocumentError(_line(node), f"{node.value!r} is not a valid {kind}") from None
+
+    def _key(self, node: yaml.Node) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise DocumentError(_line(node), "a mapping key must be a plain value, not a list or a mapping")
+        return self._scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        seen: dict[Any, int] = {}
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merged += self._merge_sources(value_node)
+                continue
+            key = self._key(key_node)
+            line = _line(key_node)
+            if key in seen:
+                raise DocumentError(line, f"duplicate key {key!r} (first on line {seen[key]})")
+            seen[key] = line
+            child = (*path, key_node.value)
+            out[key] = self.build(value_node, child, depth + 1)
+            self.lines[child] = line
+        # YAML merge keys (<<: *base): explicit keys win, then earlier sources over later ones
+        for key_node, value_node in merged:
+            key = self._key(key_node)
+            if key not in out:
+                child = (*path, key_node.value)
+                out[key] = self.build(value_node, child, depth + 1)
+                self.lines[child] = _line(key_node)
+        return out
+
+    def _merge_sources(self, node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        pairs: list[tuple[yaml.Node, yaml.Node]] = []
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                raise DocumentError(_line(source), "a merge key (<<) takes a mapping or a list of mappings")
+            pairs += [(k, v) for k, v in source.value if k.tag != _MERGE]
+        return pairs
