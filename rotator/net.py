@@ -27,9 +27,14 @@ def tls_problem(url: str) -> str | None:
     The host is judged as written: ``127.0.0.1.nip.io`` or ``localhost.example`` are names that
     resolve anywhere, not loopback addresses.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1" and the like
+        return f"not a URL ({exc})"
     if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
-        return f"{url!r}: only https, or plain http to a loopback address, is allowed"
+        # a password in the URL stays out of the message
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return f"{shown!r}: only https, or plain http to a loopback address, is allowed"
     return None
 
 
