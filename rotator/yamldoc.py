@@ -202,29 +202,38 @@ class _Builder:
         return self._scalar(node)
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[Any, Any]:
+        # the hot loop of a large file: plain string keys and values are taken as they are
         out: dict[Any, Any] = {}
-        seen: dict[Any, int] = {}
+        lines = self.lines
         merged: list[tuple[yaml.Node, yaml.Node]] = []
         for key_node, value_node in node.value:
-            if key_node.tag == _MERGE:
+            if key_node.__class__ is yaml.ScalarNode and key_node.tag == _STR:
+                key = key_node.value
+            elif key_node.tag == _MERGE:
                 merged += self._merge_sources(value_node)
                 continue
-            key = self._key(key_node)
-            line = _line(key_node)
-            if key in seen:
-                raise DocumentError(line, f"duplicate key {key!r} (first on line {seen[key]})")
-            seen[key] = line
+            else:
+                key = self._key(key_node)
+            if key in out:
+                raise self._duplicate(node, key_node, key)
             child = (*path, key_node.value)
-            out[key] = self.build(value_node, child, depth + 1)
-            self.lines[child] = line
+            if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
+                out[key] = value_node.value
+            else:
+                out[key] = self.build(value_node, child, depth + 1)
+            lines[child] = key_node.start_mark.line + 1
         # YAML merge keys (<<: *base): explicit keys win, then earlier sources over later ones
         for key_node, value_node in merged:
             key = self._key(key_node)
             if key not in out:
                 child = (*path, key_node.value)
                 out[key] = self.build(value_node, child, depth + 1)
-                self.lines[child] = _line(key_node)
+                lines[child] = _line(key_node)
         return out
+
+    def _duplicate(self, node: yaml.MappingNode, again: yaml.Node, key: Any) -> DocumentError:
+        first = next(k for k, _ in node.value if k.tag != _MERGE and self._key(k) == key)
+        return DocumentError(_line(again), f"duplicate key {key!r} (first on line {_line(first)})")
 
     def _merge_sources(self, node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
         sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
