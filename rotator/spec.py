@@ -529,7 +529,7 @@ def max_file_bytes() -> int:
     return int(raw) << 20
 
 
-def _too_large(source: str, size: int, cap: int) -> ConfigError:
+def too_large(source: str, size: int, cap: int) -> ConfigError:
     return ConfigError(
         f"{source}: the rotation file is {size} bytes, over the {cap >> 20} MiB cap "
         f"(set {MAX_FILE_ENV} to raise it)"
@@ -589,7 +589,7 @@ def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFi
 def _parse(text: str, source: str) -> RotationFile:
     cap = max_file_bytes()
     if len(text) > cap // 4 and len(encoded := text.encode()) > cap:  # at most 4 bytes a character
-        raise _too_large(source, len(encoded), cap)
+        raise too_large(source, len(encoded), cap)
     try:
         data, lines = read_document(text)
     except yaml.YAMLError as exc:
@@ -630,7 +630,7 @@ def load_rotation_file(path: Path) -> RotationFile:
         with path.open("rb") as stream:
             raw = stream.read(cap + 1)  # never more than the cap, whatever the file's size
             if len(raw) > cap:
-                raise _too_large(str(path), max(os.fstat(stream.fileno()).st_size, len(raw)), cap)
+                raise too_large(str(path), max(os.fstat(stream.fileno()).st_size, len(raw)), cap)
         text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such rotation file (use -f or ROTATOR_FILE)") from None

@@ -416,3 +416,43 @@ def test_lambda_content_refuses_an_alias_bomb(monkeypatch: pytest.MonkeyPatch, t
     monkeypatch.setenv("ROTATOR_FILE_CONTENT", ALIAS_BOMB)
     with pytest.raises(ConfigError, match="ROTATOR_FILE_CONTENT: aliases expand the document"):
         load_spec(settings())
+
+
+def test_lambda_s3_file_over_the_cap_is_not_downloaded_whole(
+    moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """ROTATOR_FILE_S3: an object over the cap is refused with its size; at most the cap is read
+    and nothing lands in the state directory."""
+    import uuid
+
+    import boto3
+
+    from rotator.lambda_handler import load_spec, settings
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_ENDPOINT_URL_S3": moto_server,
+        "ROTATOR_STATE_DIR": str(tmp_path / "state"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "ROTATOR_FILE_CONTENT", "ROTATOR_MAX_FILE_MIB"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"rotator-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", region_name="eu-west-1", endpoint_url=moto_server)
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    body = (BASE + "#" + "x" * (3 << 20) + "\n").encode()
+    s3.put_object(Bucket=bucket, Key="big.yaml", Body=body)
+    monkeypatch.setenv("ROTATOR_FILE_S3", f"s3://{bucket}/big.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_spec(settings())
+    assert str(info.value) == (
+        f"s3://{bucket}/big.yaml: the rotation file is {len(body)} bytes, over the 1 MiB cap "
+        "(set ROTATOR_MAX_FILE_MIB to raise it)"
+    )
+    assert not (tmp_path / "state").exists()
+    monkeypatch.setenv("ROTATOR_MAX_FILE_MIB", "4")
+    assert list(load_spec(settings())[0].keys) == ["payments"]
