@@ -456,3 +456,13 @@ def test_lambda_s3_file_over_the_cap_is_not_downloaded_whole(
     assert not (tmp_path / "state").exists()
     monkeypatch.setenv("ROTATOR_MAX_FILE_MIB", "4")
     assert list(load_spec(settings())[0].keys) == ["payments"]
+
+
+def test_bad_cap_setting_is_one_line_exit_2(tmp_path: Path) -> None:
+    """A cap that is not a whole number of MiB in range: one line naming the variable, exit 2."""
+    from tests.conftest import run_cli
+
+    (tmp_path / "rotations.yaml").write_text(BASE)
+    done = run_cli("validate", cwd=tmp_path, env={"ROTATOR_MAX_FILE_MIB": "1.5"})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "rotator: error: ROTATOR_MAX_FILE_MIB: a whole number of MiB from 1 to 64\n"
