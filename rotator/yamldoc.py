@@ -8,6 +8,7 @@ laughs") is refused after composing a few hundred bytes, not after expanding bil
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,11 +38,10 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 _IMPLICIT: Final = {first: tuple(pairs) for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
-def _resolve(self: Any, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
-    """``BaseResolver.resolve`` for SafeLoader, without its per-call list building: the parser
-    calls this once per node, so it is most of the cost of composing."""
+def _resolve(kind: type[yaml.Node], value: str | None, implicit: Any) -> str:
+    """``BaseResolver.resolve`` for SafeLoader, without its per-call list building."""
     if kind is yaml.ScalarNode:
-        if implicit[0]:
+        if implicit[0] and value is not None:
             for tag, regexp in _IMPLICIT.get(value[:1], ()):
                 if regexp.match(value):
                     return str(tag)
@@ -50,10 +50,21 @@ def _resolve(self: Any, kind: type[yaml.Node], value: str, implicit: tuple[bool,
 
 
 def _loader_class(base: type[Any]) -> type[Any]:
-    return type(f"_Lean{base.__name__}", (base,), {"resolve": _resolve})
+    """``base`` with the three resolver calls it makes per node made cheap.
 
-
-_LOADERS: Final[dict[type[Any], type[Any]]] = {}
+    A new class per document, so its cache of tags (most values repeat: "aws", "agent",
+    a region...) lives as long as the document. SafeLoader has no path resolvers, so its
+    descend/ascend calls do nothing; C builtins do nothing without a Python frame.
+    """
+    return type(
+        f"_Lean{base.__name__}",
+        (base,),
+        {
+            "resolve": staticmethod(functools.lru_cache(maxsize=None)(_resolve)),
+            "descend_resolver": staticmethod({}.get),
+            "ascend_resolver": staticmethod(tuple),
+        },
+    )
 
 
 class DocumentError(Exception):
@@ -86,8 +97,7 @@ def read_document(text: str, loader: type[Any] = FastestLoader) -> tuple[Any, di
     that is well-formed but refused: duplicate keys, aliases expanding too far, nesting too deep,
     a tag the rotation file has no use for.
     """
-    lean = _LOADERS.get(loader) or _LOADERS.setdefault(loader, _loader_class(loader))
-    composer = lean(text)
+    composer = _loader_class(loader)(text)
     with collector_paused():
         try:
             node = composer.get_single_node()
