@@ -634,7 +634,7 @@ def test_rotation_file_checks_aws_iam_keys() -> None:
         _file(_ISSUER, _KEY + "    kind: workspace\n"): "aws_iam keys have no kind",
         _file(_ISSUER, _KEY + "    strategy: cutover\n"): "rotate with overlap",
         _file(_ISSUER, _KEY + _KEY.replace("svc:", "svc2:")): "already serves key 'svc'",
-        _file(_ISSUER, _KEY.replace("svc:", "'svc#1':")): "kept in an IAM tag",
+        _file(_ISSUER, _KEY.replace("svc:", "'svc#1':")): "a name is 1 to 128 letters",
         _file("    type: aws_iam\n    user_name: 'svc acct'\n", _KEY): "user_name",
         _file(_ISSUER + "    credential: {env: X}\n", _KEY): "unknown field",
     }
