@@ -30,7 +30,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rotator.errors import ConfigError
 from rotator.net import tls_problem
-from rotator.yamldoc import DocumentError, collector_paused, read_document
+from rotator.yamldoc import DocumentError, Lines, collector_paused, read_document
 
 # --------------------------------------------------------------------------- durations
 
@@ -526,7 +526,7 @@ def too_large(source: str, size: int, cap: int) -> ConfigError:
     )
 
 
-def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+def _nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
     for end in range(len(loc), -1, -1):
         found = lines.get(tuple(str(p) if isinstance(p, str) else p for p in loc[:end]))
         if found is not None:
@@ -534,7 +534,7 @@ def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> in
     return None
 
 
-def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int], source: str) -> str:
+def _describe(err: ErrorDetails, lines: Lines, source: str) -> str:
     # pydantic puts the discriminator tag ("file", "aws"...) into loc for union members: drop it
     # and "[key]" for a mapping key that is refused (a name): the key itself says which
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _TAGS or p == "[key]")))
@@ -608,7 +608,7 @@ def _parse(text: str, source: str) -> RotationFile:
     raise ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems), problems)
 
 
-def _where(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...], source: str) -> str:
+def _where(lines: Lines, path: tuple[Any, ...], source: str) -> str:
     line = _nearest_line(lines, path)
     return f"{source}:{line}" if line else source
 

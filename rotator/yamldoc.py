@@ -1,7 +1,9 @@
 """Read one YAML document once, into Python data and the line of every field path, with bounds.
 
 libyaml (the C parser) composes the node tree when PyYAML was built with it, the pure-Python
-composer otherwise; then one walk over the tree builds the data and the line index together.
+composer otherwise; then one walk over the tree builds the data. The line of a field path is
+looked up in the same tree when an error asks for it (:class:`Lines`): a valid file, which
+asks for none, pays nothing for line numbers.
 Aliases are weighed on the node tree before anything is expanded, so an alias bomb ("billion
 laughs") is refused after composing a few hundred bytes, not after expanding billions of nodes.
 """
@@ -90,7 +92,7 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def read_document(text: str, loader: type[Any] = FastestLoader) -> tuple[Any, dict[Path, int]]:
+def read_document(text: str, loader: type[Any] = FastestLoader) -> tuple[Any, Lines]:
     """The Python data of the single YAML document in ``text`` and the line each path starts on.
 
     Raises :class:`yaml.YAMLError` for malformed YAML and :class:`DocumentError` for a document
@@ -106,9 +108,8 @@ def read_document(text: str, loader: type[Any] = FastestLoader) -> tuple[Any, di
         finally:
             composer.dispose()
         if node is None:
-            return None, {}
-        builder = _Builder(node)
-        return builder.build(node, (), 0), builder.lines
+            return None, Lines(None)
+        return _Builder(node).build(node, 0), Lines(node)
 
 
 def _line(node: yaml.Node) -> int:
@@ -159,23 +160,85 @@ def _check_size(root: yaml.Node) -> None:
         )
 
 
+class Lines:
+    """The line (1-based) each field path of a document starts on, found in its node tree.
+
+    A path is what pydantic reports: mapping keys as written, list indexes as ints. A mapping's
+    field points at its key's line, a list item at the item. Each mapping is indexed the first
+    time a lookup passes through it, so looking up every error of a broken file stays linear.
+    """
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self._root = root
+        self._fields: dict[int, dict[Any, tuple[yaml.Node, yaml.Node]]] = {}
+
+    def get(self, path: Path) -> int | None:
+        node = self._root
+        if node is None:
+            return None
+        line = _line(node)
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                pair = self._children(node).get(part)
+                if pair is None:
+                    return None
+                line, node = _line(pair[0]), pair[1]
+            elif (
+                isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value)
+            ):
+                node = node.value[part]
+                line = _line(node)
+            else:
+                return None
+        return line
+
+    def __getitem__(self, path: Path) -> int:
+        line = self.get(path)
+        if line is None:
+            raise KeyError(path)
+        return line
+
+    def as_dict(self) -> dict[Path, int]:
+        """Every path and its line (for tests and tools: a whole walk)."""
+        out: dict[Path, int] = {}
+        if self._root is None:
+            return out
+        todo: list[tuple[Path, yaml.Node, int]] = [((), self._root, _line(self._root))]
+        while todo:
+            path, node, line = todo.pop()
+            out[path] = line
+            if isinstance(node, yaml.MappingNode):
+                todo += [((*path, k), v, _line(kn)) for k, (kn, v) in self._children(node).items()]
+            elif isinstance(node, yaml.SequenceNode):
+                todo += [((*path, i), item, _line(item)) for i, item in enumerate(node.value)]
+        return out
+
+    def _children(self, node: yaml.MappingNode) -> dict[Any, tuple[yaml.Node, yaml.Node]]:
+        found = self._fields.get(id(node))
+        if found is None:
+            found = {}
+            merged = [pair for k, v in node.value if k.tag == _MERGE for pair in _merge_sources(v)]
+            for key_node, value_node in [*reversed(merged), *(p for p in node.value if p[0].tag != _MERGE)]:
+                found[key_node.value] = (key_node, value_node)  # explicit keys, then earlier sources win
+            self._fields[id(node)] = found
+        return found
+
+
 class _Builder:
-    """One walk: Python data from the nodes, and ``lines`` from the marks.
+    """One walk: Python data from the nodes, refusing what a rotation file has no use for.
 
     The tree is only weighed (:func:`_check_size`) when the walk meets a collection a second
     time, through an alias: a file without aliases pays one set insertion per collection.
     """
 
     def __init__(self, root: yaml.Node) -> None:
-        self.lines: dict[Path, int] = {}
         self._root = root
         self._seen: set[int] | None = set()
         self._constructor = SafeConstructor()
         self._scalars = SafeConstructor.yaml_constructors
 
-    def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.ScalarNode):
+    def build(self, node: yaml.Node, depth: int) -> Any:
+        if node.__class__ is yaml.ScalarNode:
             return self._scalar(node)
         if depth >= MAX_DEPTH:
             raise DocumentError(_line(node), f"nested deeper than {MAX_DEPTH} levels")
@@ -188,11 +251,11 @@ class _Builder:
         if isinstance(node, yaml.SequenceNode):
             if node.tag != _SEQ:
                 raise DocumentError(_line(node), f"the tag {node.tag!r} is not allowed here")
-            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+            return [self.build(item, depth + 1) for item in node.value]
         assert isinstance(node, yaml.MappingNode)
         if node.tag != _MAP:
             raise DocumentError(_line(node), f"the tag {node.tag!r} is not allowed here")
-        return self._mapping(node, path, depth)
+        return self._mapping(node, depth)
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
         if node.tag == _STR:
@@ -211,45 +274,42 @@ class _Builder:
             raise DocumentError(_line(node), "a mapping key must be a plain value, not a list or a mapping")
         return self._scalar(node)
 
-    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[Any, Any]:
+    def _mapping(self, node: yaml.MappingNode, depth: int) -> dict[Any, Any]:
         # the hot loop of a large file: plain string keys and values are taken as they are
         out: dict[Any, Any] = {}
-        lines = self.lines
         merged: list[tuple[yaml.Node, yaml.Node]] = []
         for key_node, value_node in node.value:
             if key_node.__class__ is yaml.ScalarNode and key_node.tag == _STR:
                 key = key_node.value
             elif key_node.tag == _MERGE:
-                merged += self._merge_sources(value_node)
+                merged += _merge_sources(value_node)
                 continue
             else:
                 key = self._key(key_node)
             if key in out:
                 raise self._duplicate(node, key_node, key)
-            child = (*path, key_node.value)
             if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
                 out[key] = value_node.value
             else:
-                out[key] = self.build(value_node, child, depth + 1)
-            lines[child] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, depth + 1)
         # YAML merge keys (<<: *base): explicit keys win, then earlier sources over later ones
         for key_node, value_node in merged:
             key = self._key(key_node)
             if key not in out:
-                child = (*path, key_node.value)
-                out[key] = self.build(value_node, child, depth + 1)
-                lines[child] = _line(key_node)
+                out[key] = self.build(value_node, depth + 1)
         return out
 
     def _duplicate(self, node: yaml.MappingNode, again: yaml.Node, key: Any) -> DocumentError:
         first = next(k for k, _ in node.value if k.tag != _MERGE and self._key(k) == key)
         return DocumentError(_line(again), f"duplicate key {key!r} (first on line {_line(first)})")
 
-    def _merge_sources(self, node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
-        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        pairs: list[tuple[yaml.Node, yaml.Node]] = []
-        for source in sources:
-            if not isinstance(source, yaml.MappingNode):
-                raise DocumentError(_line(source), "a merge key (<<) takes a mapping or a list of mappings")
-            pairs += [(k, v) for k, v in source.value if k.tag != _MERGE]
-        return pairs
+
+def _merge_sources(node: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+    """The fields a merge key (``<<: *a`` or ``<<: [*a, *b]``) brings, first source first."""
+    sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+    pairs: list[tuple[yaml.Node, yaml.Node]] = []
+    for source in sources:
+        if not isinstance(source, yaml.MappingNode):
+            raise DocumentError(_line(source), "a merge key (<<) takes a mapping or a list of mappings")
+        pairs += [(k, v) for k, v in source.value if k.tag != _MERGE]
+    return pairs

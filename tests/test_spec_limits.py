@@ -62,11 +62,34 @@ PURE = functools.partial(read_document, loader=yaml.SafeLoader)
 def test_libyaml_and_pure_python_read_the_same(text: str) -> None:
     """The C composer and the pure-Python one give the same data and the same line for every
     path; and the data is what PyYAML's own safe_load makes of the file."""
-    fast = read_document(text)
-    pure = PURE(text)
-    assert fast == pure
-    assert fast[0] == yaml.safe_load(text)
-    assert len(fast[1]) > 10
+    (fast, fast_lines), (pure, pure_lines) = read_document(text), PURE(text)
+    assert fast == pure == yaml.safe_load(text)
+    assert fast_lines.as_dict() == pure_lines.as_dict()
+    assert len(fast_lines.as_dict()) > 20
+
+
+def _reference_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """The line index as the loader built it before, eagerly (for files without aliases)."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = (*path, key_node.value)
+            lines.update(_reference_index(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_reference_index(item, (*path, i)))
+    return lines
+
+
+@pytest.mark.parametrize("text", [GOOD, BASE], ids=["design", "corpus-base"])
+def test_lines_are_found_where_the_eager_index_put_them(text: str) -> None:
+    """Looked up on demand, every path has the line the former eager index gave it."""
+    _, lines = read_document(text)
+    expected = _reference_index(yaml.compose(text, Loader=yaml.SafeLoader))
+    assert lines.as_dict() == expected
+    assert all(lines.get(path) == line for path, line in expected.items())
+    assert lines.get(("keys", "nobody")) is None and lines.get(("version", 0)) is None
 
 
 @pytest.mark.parametrize(
