@@ -14,8 +14,9 @@ one AWS and one Vault target, one key in ten on a cron schedule), then measures:
 A realistic key takes about 300 bytes, so files over about 3,000 keys exceed the default 1 MiB
 cap: for those the script sets ``ROTATOR_MAX_FILE_MIB`` to the file's size, rounded up (the
 column "cap MiB"). Then the hostile files (over the 1 MiB cap, an alias bomb, deep nesting): each must be refused
-with exit 2 and one line, in well under a second. Goal: 20,000 keys in under 3 s; baseline
-before the loader parsed once with libyaml and bounded aliases: 57 s at 20,000 keys.
+with exit 2 and one line, in well under a second. Goal: 20,000 keys in under 3 s. Baseline,
+the loader before it parsed once with libyaml: 70.5 s wall, 66.9 s CPU and 871 MB peak RSS
+on this script's 20,000-key file (load average 3; the issue measured 57 s on its own file).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from rotator.spec import load_rotation_file
 
 GOAL_S = {20_000: 3.0}
-BASELINE_S = {20_000: 57.0}
+BASELINE_S = {20_000: 70.5}
 HOSTILE_GOAL_S = 1.0
 MIB = 1 << 20
 CAP_ENV = "ROTATOR_MAX_FILE_MIB"
