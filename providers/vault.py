@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
@@ -53,7 +53,7 @@ from rotator.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
-from rotator.net import is_loopback
+from rotator.net import tls_problem
 from rotator.secret import Secret
 from rotator.spec import VaultTarget
 
@@ -76,8 +76,7 @@ def _one_line(errors: list[str] | None) -> str:
 def open_store(target: VaultTarget, *, base_dir: Path, client: Any | None = None) -> VaultStore:
     """The store for ``target``; ``client`` is an authenticated ``hvac.Client`` (for tests)."""
     where = f"vault target {target.url}"
-    parts = urlsplit(target.url)
-    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
+    if tls_problem(target.url):  # the rule validate applies too
         raise ConfigError(f"{where}: only https, or plain http to a loopback address, is allowed")
     if target.auth.method == "kubernetes" and not target.auth.role:
         raise ConfigError(f"{where}: auth method kubernetes needs a role")

@@ -57,7 +57,9 @@ from rotator.spec import (
     RotationFile,
     Settings,
     load_rotation_file,
+    max_file_bytes,
     parse_rotation_file,
+    too_large,
 )
 
 log = logging.getLogger("rotator.lambda")
@@ -308,14 +310,17 @@ def _fetch_s3(url: str, dest: Path) -> Path:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
+    cap = max_file_bytes()
     try:
-        body = boto3.session.Session().client("s3").get_object(Bucket=match[1], Key=match[2])["Body"]
-        data = body.read()
+        answer = boto3.session.Session().client("s3").get_object(Bucket=match[1], Key=match[2])
+        data = answer["Body"].read(cap + 1)  # never more than the cap into memory or /tmp
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "Unknown")
         raise ConfigError(f"{url}: cannot fetch the rotation file ({code})") from None
     except BotoCoreError as exc:
         raise ConfigError(f"{url}: cannot fetch the rotation file ({type(exc).__name__})") from None
+    if len(data) > cap:
+        raise too_large(url, max(int(answer.get("ContentLength") or 0), len(data)), cap)
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     dest.write_bytes(data)
     return dest

@@ -21,8 +21,25 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def tls_problem(url: str) -> str | None:
+    """What is wrong with ``url`` under the rule (https, or plain http to a loopback host), or None.
+
+    The host is judged as written: ``127.0.0.1.nip.io`` or ``localhost.example`` are names that
+    resolve anywhere, not loopback addresses.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "http://[::1" and the like
+        return f"not a URL ({exc})"
+    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
+        # a password in the URL stays out of the message
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        return f"{shown!r}: only https, or plain http to a loopback address, is allowed"
+    return None
+
+
 def require_tls(where: str, url: str) -> None:
     """:class:`ConfigError` unless ``url`` is https, or plain http to a loopback host."""
-    parts = urlsplit(url)
-    if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
-        raise ConfigError(f"{where}: {url!r}: only https, or plain http to a loopback address, is allowed")
+    problem = tls_problem(url)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")

@@ -6,6 +6,7 @@ Every error names the field path and the YAML line it came from.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from datetime import timedelta
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,11 +29,24 @@ from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rotator.errors import ConfigError
+from rotator.net import tls_problem
+from rotator.yamldoc import DocumentError, Lines, collector_paused, read_document
 
 # --------------------------------------------------------------------------- durations
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = timedelta(days=3650)
+"""The longest duration a rotation file may give (ten years); beyond it is a typo."""
+
+
+def _bounded(seconds: float, value: object) -> timedelta:
+    if math.isnan(seconds):
+        raise ValueError("a duration like 15m, 24h or 30d")
+    if seconds > MAX_DURATION.total_seconds():
+        shown = value if isinstance(value, int | float) else repr(value)
+        raise ValueError(f"{shown} is longer than the 3650d (10 years) a duration may be")
+    return timedelta(seconds=seconds)
 
 
 def parse_duration(value: object) -> timedelta:
@@ -43,7 +58,7 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
+        return _bounded(value, value)
     if not isinstance(value, str):
         raise ValueError("a duration like 15m, 24h or 30d")
     text = value.strip().replace(" ", "")
@@ -55,7 +70,7 @@ def parse_duration(value: object) -> timedelta:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"{value!r} is not a duration like 15m, 24h or 30d")
-    return timedelta(seconds=total)
+    return _bounded(total, value)
 
 
 def format_duration(value: timedelta) -> str:
@@ -84,6 +99,35 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+# --------------------------------------------------------------------------- names and text
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+"""A key or issuer name: it is printed on its own line by plan, status and the journal (and
+kept in an IAM tag for aws_iam keys, which takes these characters too)."""
+
+UNSAFE_CHARS = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+SAFE_TEXT_PATTERN = f"^[^{UNSAFE_CHARS}]*$"
+Text = Annotated[str, Field(pattern=SAFE_TEXT_PATTERN)]
+"""A path, an id or a URL that ends up in output: no control or bidirectional-override characters."""
+
+
+def _require_tls(url: str) -> str:
+    problem = tls_problem(url)
+    if problem:
+        raise ValueError(problem)
+    return url
+
+
+Url = Annotated[str, Field(min_length=1, pattern=SAFE_TEXT_PATTERN), AfterValidator(_require_tls)]
+"""An endpoint: https, or plain http to a loopback address only (the rule in rotator.net)."""
+
+_PATTERN_MESSAGES = {
+    NAME_PATTERN: "a name is 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    SAFE_TEXT_PATTERN: "control characters and bidirectional overrides are not allowed",
+}
+
+
 # --------------------------------------------------------------------------- credentials
 
 
@@ -96,7 +140,7 @@ class EnvRef(_Model):
 class KeyRef(_Model):
     """A value taken from another declared key's current version (the rotator's own key)."""
 
-    key: str = Field(min_length=1)
+    key: Name
 
 
 Credential = EnvRef | KeyRef
@@ -129,15 +173,15 @@ class Defaults(_Model):
 
 class AdjudonIssuerSpec(_Model):
     type: Literal["adjudon"]
-    base_url: str = "https://api.adjudon.com"
+    base_url: Url = "https://api.adjudon.com"
     credential: Credential
     timeout: Duration = timedelta(seconds=10)
 
 
 class AdjutorIssuerSpec(_Model):
     type: Literal["adjutor"]
-    base_url: str = "https://adjutor.lendsqr.com"
-    app_id: str = Field(min_length=1)
+    base_url: Url = "https://adjutor.lendsqr.com"
+    app_id: Text = Field(min_length=1)
     timeout: Duration = timedelta(seconds=10)
 
 
@@ -147,10 +191,10 @@ class AwsIamIssuerSpec(_Model):
 
     type: Literal["aws_iam"]
     user_name: str = Field(pattern=r"^[A-Za-z0-9_+=,.@-]{1,64}$")
-    region: str | None = None
-    profile: str | None = None
-    role_arn: str | None = None
-    endpoint_url: str | None = None
+    region: Text | None = None
+    profile: Text | None = None
+    role_arn: Text | None = None
+    endpoint_url: Url | None = None
     """Serves IAM and STS alike (a local emulator)."""
     timeout: Duration = timedelta(seconds=10)
     delete_after: Duration = timedelta(days=7)
@@ -167,9 +211,9 @@ class FileTarget(_Model):
     """A local file: ``raw`` (the key alone), ``dotenv`` or ``json`` with a ``field``."""
 
     type: Literal["file"]
-    path: str = Field(min_length=1)
+    path: Text = Field(min_length=1)
     format: Literal["raw", "dotenv", "json"] = "raw"
-    field: str | None = None
+    field: Text | None = None
 
     @model_validator(mode="after")
     def _field_needs_map(self) -> FileTarget:
@@ -184,13 +228,13 @@ class AwsTarget(_Model):
     """AWS Secrets Manager. Credentials from the default chain, a profile or a role."""
 
     type: Literal["aws"]
-    secret_id: str = Field(min_length=1)
-    region: str | None = None
-    field: str | None = None
-    profile: str | None = None
-    role_arn: str | None = None
-    endpoint_url: str | None = None
-    kms_key_id: str | None = None
+    secret_id: Text = Field(min_length=1)
+    region: Text | None = None
+    field: Text | None = None
+    profile: Text | None = None
+    role_arn: Text | None = None
+    endpoint_url: Url | None = None
+    kms_key_id: Text | None = None
 
 
 class VaultAuth(_Model):
@@ -209,11 +253,11 @@ class VaultTarget(_Model):
     """HashiCorp Vault or OpenBao, KV version 2."""
 
     type: Literal["vault"]
-    url: str = Field(min_length=1)
-    mount: str = "secret"
-    path: str = Field(min_length=1)
-    field: str = "value"
-    namespace: str | None = None
+    url: Url
+    mount: Text = "secret"
+    path: Text = Field(min_length=1)
+    field: Text = "value"
+    namespace: Text | None = None
     auth: VaultAuth = VaultAuth()
 
 
@@ -221,14 +265,14 @@ class GcpTarget(_Model):
     """GCP Secret Manager. Credentials from application default credentials."""
 
     type: Literal["gcp"]
-    project: str = Field(min_length=1)
-    secret: str = Field(min_length=1)
-    field: str | None = None
-    endpoint: str | None = None
+    project: Text = Field(min_length=1)
+    secret: Text = Field(min_length=1)
+    field: Text | None = None
+    endpoint: Text | None = None
     consumers_read: Literal["latest", "alias"] = "latest"
     """What consumers read: the ``latest`` version, or the ``current_alias``."""
-    current_alias: str = "current"
-    pending_alias: str = "pending"
+    current_alias: Text = "current"
+    pending_alias: Text = "pending"
 
 
 TargetSpec = Annotated[FileTarget | AwsTarget | VaultTarget | GcpTarget, Field(discriminator="type")]
@@ -242,9 +286,9 @@ CRON_FIELDS = r"^\s*\S+(\s+\S+){4}\s*$"
 
 
 class KeySpec(_Model):
-    issuer: str = Field(min_length=1)
+    issuer: Name
     kind: Literal["workspace", "agent"] | None = None
-    agent_id: str | None = None
+    agent_id: Text | None = None
     schedule: str | None = Field(default=None, json_schema_extra={"pattern": CRON_FIELDS})
     """A 5-field cron expression (UTC); max_age alone also makes a key due."""
     strategy: Literal["overlap", "cutover"] | None = None
@@ -307,9 +351,9 @@ class DynamoDBLeaseSpec(_Model):
     """A lease per key in a DynamoDB table: holds across machines (CronJob, Lambda, people)."""
 
     type: Literal["dynamodb"]
-    table: str = Field(min_length=3)
-    region: str | None = None
-    endpoint_url: str | None = None
+    table: Text = Field(min_length=3)
+    region: Text | None = None
+    endpoint_url: Url | None = None
     ttl: Duration = timedelta(minutes=5)
     """A lease not renewed for this long is taken over (its holder is presumed dead)."""
 
@@ -319,11 +363,11 @@ LeaseSpec = Annotated[FileLeaseSpec | DynamoDBLeaseSpec, Field(discriminator="ty
 
 class RotationFile(_Model):
     version: Literal[1]
-    state_dir: str = ".rotator"
+    state_dir: Text = ".rotator"
     lease: LeaseSpec = FileLeaseSpec()
     defaults: Defaults = Defaults()
-    issuers: dict[str, IssuerSpec] = Field(min_length=1)
-    keys: dict[str, KeySpec] = Field(min_length=1)
+    issuers: dict[Name, IssuerSpec] = Field(min_length=1)
+    keys: dict[Name, KeySpec] = Field(min_length=1)
     notify: list[NotifySpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -338,6 +382,7 @@ class RotationFile(_Model):
         path of the field at fault, so the loader can point at its line."""
         out: list[tuple[tuple[str, ...], str]] = []
         iam_keys: dict[str, str] = {}
+        crons: dict[str, str | None] = {}  # keys of a fleet share a few schedules: check each once
         for name, key in self.keys.items():
             if key.issuer not in self.issuers:
                 known = ", ".join(sorted(self.issuers))
@@ -357,16 +402,34 @@ class RotationFile(_Model):
             if isinstance(issuer, AwsIamIssuerSpec):
                 out += _aws_iam_key_problems(name, key, iam_keys.setdefault(key.issuer, name))
             if key.schedule is not None:
-                try:
-                    _check_cron(key.schedule)
-                except ValueError as exc:
-                    out.append((("keys", name, "schedule"), str(exc)))
+                if key.schedule not in crons:
+                    try:
+                        _check_cron(key.schedule)
+                        crons[key.schedule] = None
+                    except ValueError as exc:
+                        crons[key.schedule] = str(exc)
+                if (problem := crons[key.schedule]) is not None:
+                    out.append((("keys", name, "schedule"), problem))
+        out += self._hold_problems()
         for name, issuer in self.issuers.items():
             if isinstance(issuer, AdjudonIssuerSpec) and isinstance(issuer.credential, KeyRef):
                 ref = issuer.credential.key
                 if ref not in self.keys:
                     out.append((("issuers", name, "credential", "key"), f"no key named {ref!r} is declared"))
         out += _notify_problems(self)
+        return out
+
+    def _hold_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """Verify policies (as each key gets them) whose timeout ends before the drain can."""
+        out: list[tuple[tuple[str, ...], str]] = []
+        uses_defaults = False
+        for name, key in self.keys.items():
+            if key.verify is None:
+                uses_defaults = True
+            elif problem := _hold_guaranteed(key.verify):
+                out.append((("keys", name, "verify", "timeout"), problem))
+        if uses_defaults and (problem := _hold_guaranteed(self.defaults.verify)):
+            out.append((("defaults", "verify", "timeout"), problem))
         return out
 
     def strategy(self, key: str) -> Literal["overlap", "cutover"]:
@@ -394,7 +457,15 @@ def _notify_problems(spec: RotationFile) -> list[tuple[tuple[str, ...], str]]:
     return out
 
 
-_IAM_TAG_SAFE = re.compile(r"[\w .:/=+@-]{1,200}")
+def _hold_guaranteed(policy: VerifyPolicy) -> str | None:
+    needed = policy.propagation + policy.drain
+    if policy.timeout >= needed:
+        return None
+    return (
+        f"timeout {format_duration(policy.timeout)} is shorter than propagation "
+        f"{format_duration(policy.propagation)} + drain {format_duration(policy.drain)}: every rotation "
+        f"would be held; make it at least {format_duration(needed)}"
+    )
 
 
 def _aws_iam_key_problems(name: str, key: KeySpec, first: str) -> list[tuple[tuple[str, ...], str]]:
@@ -411,14 +482,6 @@ def _aws_iam_key_problems(name: str, key: KeySpec, first: str) -> list[tuple[tup
                 ("keys", name, "issuer"),
                 f"issuer {key.issuer!r} already serves key {first!r}; "
                 "an aws_iam issuer is one IAM user, whose keys are one key",
-            )
-        )
-    if not _IAM_TAG_SAFE.fullmatch(name):
-        out.append(
-            (
-                ("keys", name),
-                "an aws_iam key's name is kept in an IAM tag: at most 200 letters, "
-                "digits, spaces and _ . : / = + - @",
             )
         )
     return out
@@ -490,40 +553,30 @@ def _check_cron(expr: str) -> None:
 # --------------------------------------------------------------------------- loading
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys (YAML allows them silently)."""
+MAX_FILE_MIB = 1
+"""Rotation files larger than this many MiB are refused unless ``ROTATOR_MAX_FILE_MIB`` raises it."""
+MAX_FILE_MIB_LIMIT = 64
+MAX_FILE_ENV = "ROTATOR_MAX_FILE_MIB"
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in seen:
-            raise ConfigError(
-                f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first on line {seen[key]})"
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=True)
+def max_file_bytes() -> int:
+    """The size cap of a rotation file, in bytes (``ROTATOR_MAX_FILE_MIB``, default 1 MiB)."""
+    raw = os.environ.get(MAX_FILE_ENV, "").strip()
+    if not raw:
+        return MAX_FILE_MIB << 20
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_FILE_MIB_LIMIT:
+        raise ConfigError(f"{MAX_FILE_ENV}: a whole number of MiB from 1 to {MAX_FILE_MIB_LIMIT}")
+    return int(raw) << 20
 
 
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+def too_large(source: str, size: int, cap: int) -> ConfigError:
+    return ConfigError(
+        f"{source}: the rotation file is {size} bytes, over the {cap >> 20} MiB cap "
+        f"(set {MAX_FILE_ENV} to raise it)"
+    )
 
 
-def _line_index(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
-    """Map every field path in the document to the line (1-based) it starts on."""
-    lines = {path: node.start_mark.line + 1}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, key_node.value)
-            lines.update(_line_index(value_node, child))
-            lines[child] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines.update(_line_index(item, (*path, i)))
-    return lines
-
-
-def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int | None:
+def _nearest_line(lines: Lines, loc: tuple[Any, ...]) -> int | None:
     for end in range(len(loc), -1, -1):
         found = lines.get(tuple(str(p) if isinstance(p, str) else p for p in loc[:end]))
         if found is not None:
@@ -531,19 +584,37 @@ def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> in
     return None
 
 
-def _describe(err: ErrorDetails, lines: dict[tuple[Any, ...], int], source: str) -> str:
+def _describe(err: ErrorDetails, lines: Lines, source: str) -> str:
     # pydantic puts the discriminator tag ("file", "aws"...) into loc for union members: drop it
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _TAGS))
-    path = ".".join(str(p) for p in loc) or "(top level)"
+    # and "[key]" for a mapping key that is refused (a name): the key itself says which
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in _TAGS or p == "[key]")))
+    path = ".".join(_shown(p) for p in loc) or "(top level)"
     where = _where(lines, loc, source)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     elif err["type"] == "missing":
         msg = "required field is missing"
+    elif err["type"] == "string_pattern_mismatch":
+        msg = _PATTERN_MESSAGES.get(str((err.get("ctx") or {}).get("pattern")), msg)
     elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    return f"{where}: {path}: {msg}"
+    return f"{where}: {path}: {_printable(msg)}"
+
+
+def _shown(part: object) -> str:
+    """A part of a field path; a name outside the safe charset is quoted, escapes and all."""
+    return str(part) if not isinstance(part, str) or _PLAIN.fullmatch(part) else repr(part)
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _printable(text: str) -> str:
+    """``text`` with every non-printable character (newline, bidi override...) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 _TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "aws_iam", "dynamodb", "EnvRef", "KeyRef"}
@@ -551,19 +622,26 @@ _TAGS = {"file", "aws", "vault", "gcp", "adjudon", "adjutor", "aws_iam", "dynamo
 
 def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFile:
     """Parse and validate a rotation file; every problem is listed with its line."""
+    with collector_paused():  # the models of a large file are as many objects as its nodes
+        return _parse(text, source)
+
+
+def _parse(text: str, source: str) -> RotationFile:
+    cap = max_file_bytes()
+    if len(text) > cap // 4 and len(encoded := text.encode()) > cap:  # at most 4 bytes a character
+        raise too_large(source, len(encoded), cap)
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader
+        data, lines = read_document(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    if not isinstance(data, dict) or node is None:
+        raise ConfigError(f"{where}: not valid YAML: {_printable(problem)}") from None
+    except DocumentError as exc:
+        where = f"{source}:{exc.line}" if exc.line else source
+        raise ConfigError(f"{where}: {exc.message}") from None
+    if not isinstance(data, dict):
         raise ConfigError(f"{source}: the rotation file must be a mapping with version, issuers, keys")
-    lines = _line_index(node)
     try:
         spec = RotationFile.model_validate(data, context={"defer_references": True})
     except ValidationError as exc:
@@ -580,15 +658,20 @@ def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFi
     raise ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems), problems)
 
 
-def _where(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...], source: str) -> str:
+def _where(lines: Lines, path: tuple[Any, ...], source: str) -> str:
     line = _nearest_line(lines, path)
     return f"{source}:{line}" if line else source
 
 
 def load_rotation_file(path: Path) -> RotationFile:
     """Read ``path`` and parse it; a missing file is a ConfigError naming it."""
+    cap = max_file_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            raw = stream.read(cap + 1)  # never more than the cap, whatever the file's size
+            if len(raw) > cap:
+                raise too_large(str(path), max(os.fstat(stream.fileno()).st_size, len(raw)), cap)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such rotation file (use -f or ROTATOR_FILE)") from None
     except OSError as exc:

@@ -435,8 +435,10 @@ def test_errors_keep_their_kind_and_name_the_user(world: World) -> None:
     assert not isinstance(info.value, VendorOutcomeUnknown)  # never connected: nothing was created
     with pytest.raises(VendorUnavailable):
         down.list_keys()
+    # validate refuses it already; the issuer checks again for specs built in code
+    plain = world.spec().model_copy(update={"endpoint_url": "http://iam.example.com"})
     with pytest.raises(ConfigError, match="endpoint_url: only https"):
-        make_issuer(world.spec(endpoint_url="http://iam.example.com"), key, credential=lambda: Secret("unused"))
+        make_issuer(plain, key, credential=lambda: Secret("unused"))
 
 
 def test_throttling_and_server_errors(world: World) -> None:
@@ -577,7 +579,7 @@ def test_unknown_active_keys_are_never_removed(world: World, tmp_path: Path) -> 
 
 def test_leftover_inactive_key_is_deleted_before_minting(world: World, tmp_path: Path) -> None:
     """An inactive key holding the second slot is deleted first when a rotation is due."""
-    path = _write_spec(tmp_path, world, drain="1h")
+    path = _write_spec(tmp_path, world, drain="1h", timeout="2h")
     with _engine(path) as engine:
         assert engine.apply([KEY], wait=True)[0].outcome == "ok"
         [current] = world.keys()
@@ -632,7 +634,7 @@ def test_rotation_file_checks_aws_iam_keys() -> None:
         _file(_ISSUER, _KEY + "    kind: workspace\n"): "aws_iam keys have no kind",
         _file(_ISSUER, _KEY + "    strategy: cutover\n"): "rotate with overlap",
         _file(_ISSUER, _KEY + _KEY.replace("svc:", "svc2:")): "already serves key 'svc'",
-        _file(_ISSUER, _KEY.replace("svc:", "'svc#1':")): "kept in an IAM tag",
+        _file(_ISSUER, _KEY.replace("svc:", "'svc#1':")): "a name is 1 to 128 letters",
         _file("    type: aws_iam\n    user_name: 'svc acct'\n", _KEY): "user_name",
         _file(_ISSUER + "    credential: {env: X}\n", _KEY): "unknown field",
     }

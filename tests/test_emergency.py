@@ -25,7 +25,7 @@ FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
 def setup(tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     admin = emulator.emulator.bootstrap_workspace_key()
     monkeypatch.setenv(ADMIN_ENV, admin)
-    path = write_spec(tmp_path, emulator, drain="10m", propagation="1m")
+    path = write_spec(tmp_path, emulator, drain="10m", propagation="1m", timeout="1h")
     Engine(load_rotation_file(path), base_dir=tmp_path, settings=Settings(retry_initial=0.01)).apply(
         ["payments"]
     )

@@ -293,7 +293,8 @@ def test_unreachable_server_is_unavailable(tmp_path: Path, monkeypatch: pytest.M
 ])
 def test_plain_http_only_to_loopback(url: str, ok: bool, tmp_path: Path) -> None:
     """Only a loopback address may be spoken to without TLS."""
-    target = VaultTarget(type="vault", url=url, path="x")
+    # validate refuses the bad ones already; the store checks again for specs built in code
+    target = VaultTarget(type="vault", url="https://v", path="x").model_copy(update={"url": url})
     if ok:
         assert open_store(target, base_dir=tmp_path).name == "vault:secret/x#value"
     else:

@@ -36,7 +36,7 @@ from rotator.errors import (
     VendorRejected,
     VendorUnavailable,
 )
-from rotator.net import is_loopback
+from rotator.net import tls_problem
 from rotator.secret import Secret
 
 LOG = logging.getLogger("rotator.vendors")
@@ -77,7 +77,7 @@ def check_base_url(url: str, vendor: str) -> str:
         raise ConfigError(f"{vendor}: base_url {url!r} is not an http(s) URL")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"{vendor}: base_url must not carry credentials, a query or a fragment")
-    if parts.scheme == "http" and not is_loopback(host):
+    if tls_problem(url):  # the rule validate applies too
         raise ConfigError(
             f"{vendor}: base_url {url!r} uses plain http; only https is allowed "
             "(or http to a loopback host)"
