@@ -25,7 +25,7 @@ def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatc
     """An agent key rotated once onto two file targets; the CLI's environment."""
     admin = emulator.emulator.bootstrap_workspace_key()
     monkeypatch.setenv(ADMIN_ENV, admin)
-    path = write_spec(tmp_path, emulator, drain="10m", propagation="1m")
+    path = write_spec(tmp_path, emulator, drain="10m", propagation="1m", timeout="1h")
     Engine(load_rotation_file(path), base_dir=tmp_path, settings=FAST).apply(["payments"])
     return {ADMIN_ENV: admin, **FAST_ENV}
 

@@ -34,7 +34,11 @@ CHECKER = Path(sys.executable).parent / "check-jsonschema"
 BASE_SECTIONS = {
     "version": "version: 1\n",
     "issuers": "issuers:\n  adjudon-prod: {type: adjudon, credential: {env: ADJUDON_ADMIN_KEY}}\n",
-    "keys": "keys:\n  payments:\n    issuer: adjudon-prod\n    targets: [{type: file, path: payments.key}]\n",
+    "keys": (
+        "keys:\n  payments:\n    issuer: adjudon-prod\n    targets: [{type: file, path: payments.key}]\n"
+        # the Notifications example takes its URL from a declared key
+        "  notify-webhook:\n    issuer: adjudon-prod\n    targets: [{type: file, path: hook.url}]\n"
+    ),
 }
 BASE: dict[str, Any] = yaml.safe_load("".join(BASE_SECTIONS.values()))
 
