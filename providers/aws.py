@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from providers._json import json_object
 from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
+from rotator.aws_errors import NOT_FOUND, BotoKind, Kind, classify, classify_botocore
 from rotator.aws_session import make_session
 from rotator.errors import (
     StoreAccessDenied,
@@ -288,7 +289,7 @@ class AwsStore:
             try:
                 out = self._client.describe_secret(SecretId=self._id)
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in _NOT_FOUND:
+                if classify(exc.response).code in NOT_FOUND:
                     return None
                 raise
         if out.get("DeletedDate") is not None:
@@ -337,19 +338,6 @@ class AwsStore:
 
 # --------------------------------------------------------------------------- errors
 
-_NOT_FOUND = {"ResourceNotFoundException"}
-_DENIED = {
-    "AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-    "InvalidClientTokenId", "InvalidSignatureException", "SignatureDoesNotMatch",
-    "IncompleteSignature", "MissingAuthenticationToken", "ExpiredToken",
-    "ExpiredTokenException", "AuthFailure", "DecryptionFailure", "EncryptionFailure",
-}  # fmt: skip
-_TRANSIENT = {
-    "ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
-    "RequestThrottled", "InternalServiceError", "InternalFailure", "ServiceUnavailable",
-    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete",
-}  # fmt: skip
-
 
 @contextmanager
 def translated(name: str, action: str, *, conflict: set[str] | None = None) -> Iterator[None]:
@@ -370,37 +358,23 @@ def translated(name: str, action: str, *, conflict: set[str] | None = None) -> I
 
 
 def _from_client_error(name: str, action: str, response: Any, conflict: set[str]) -> StoreError:
-    error = response.get("Error", {})
-    code, message = str(error.get("Code", "Unknown")), str(error.get("Message", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    if message.startswith("<"):
-        # a body botocore could not parse as JSON (an XML error, a proxy's page): keep its gist
-        found = dict(re.findall(r"<(Code|Message)>([^<]*)</\1>", message))
-        code, message = found.get("Code", code), found.get("Message", "")
-    text = f"{action}: {code}: {message[:300]}".rstrip(": ")
-    if code in conflict:
+    failure = classify(response)
+    text = failure.text(action)
+    if failure.code in conflict:
         return StoreConflict(name, text)
-    if code in _NOT_FOUND or (code == "InvalidRequestException" and "deleted" in text.lower()):
+    if failure.kind is Kind.NOT_FOUND:
         return StoreNotFound(name, text)
-    if code in _DENIED or status in (401, 403):
+    if failure.kind is Kind.DENIED:
         return StoreAccessDenied(name, text)
-    if code in _TRANSIENT or status == 429 or status >= 500:
+    if failure.kind.transient:
         return StoreUnavailable(name, text)
     return StoreError(name, text)
 
 
 def _from_botocore_error(name: str, action: str, exc: Exception) -> StoreError:
-    from botocore import exceptions as bce
-
-    kind = type(exc).__name__
-    if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
-        return StoreUnavailable(name, f"{action}: cannot reach Secrets Manager ({kind})")
-    credentials = (
-        bce.NoCredentialsError,
-        bce.PartialCredentialsError,
-        bce.CredentialRetrievalError,
-        bce.ProfileNotFound,
-    )
-    if isinstance(exc, credentials):
-        return StoreAccessDenied(name, f"{action}: no usable AWS credentials ({kind})")
-    return StoreError(name, f"{action}: {kind}")
+    kind, name_of = classify_botocore(exc), type(exc).__name__
+    if kind in (BotoKind.NOT_SENT, BotoKind.LOST):
+        return StoreUnavailable(name, f"{action}: cannot reach Secrets Manager ({name_of})")
+    if kind is BotoKind.CREDENTIALS:
+        return StoreAccessDenied(name, f"{action}: no usable AWS credentials ({name_of})")
+    return StoreError(name, f"{action}: {name_of}")

@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rotator.abc import format_time
+from rotator.aws_errors import BotoKind, classify, classify_botocore
 from rotator.engine.lease import LeaseInfo, default_owner
 from rotator.errors import ConfigError, LeaseBusy, RotatorError
 from rotator.net import require_tls
@@ -221,24 +222,21 @@ class DynamoDBLease:
 
     def _call(self, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call boto3; a failed condition is :class:`_Refused`, any other error a RotatorError."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code = str(error.get("Code", "Unknown"))
-            if code == _CONDITION_FAILED:
+            failure = classify(exc.response)
+            if failure.code == _CONDITION_FAILED:
                 held: Any = exc.response.get("Item")
                 raise _Refused(held if isinstance(held, dict) else None) from None
-            message = str(error.get("Message", ""))[:300]
-            text = f"lease table {self.table}: {action}: {code}: {message}".rstrip(": ")
-            raise RotatorError(text) from None
-        except NoRegionError:
-            raise RotatorError(
-                f"lease table {self.table}: no AWS region (set lease.region or AWS_REGION)"
-            ) from None
+            raise RotatorError(failure.text(f"lease table {self.table}: {action}")) from None
         except BotoCoreError as exc:
+            if classify_botocore(exc) is BotoKind.NO_REGION:
+                raise RotatorError(
+                    f"lease table {self.table}: no AWS region (set lease.region or AWS_REGION)"
+                ) from None
             raise RotatorError(f"lease table {self.table}: {action}: {type(exc).__name__}") from None
 
 

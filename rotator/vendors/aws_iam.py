@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from rotator.abc import Activity, Capabilities, KeyStatus, Minted, VendorKey, format_time, parse_time
+from rotator.aws_errors import BotoKind, Kind, classify, classify_botocore
 from rotator.aws_session import make_session
 from rotator.errors import (
     ConfigError,
@@ -80,20 +81,6 @@ POLICY_ACTIONS: Final = (
     "iam:ListUserTags",
 )
 """Every IAM action the issuer calls. The probe's ``sts:GetCallerIdentity`` needs none."""
-
-_DENIED: Final = {
-    "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "InvalidClientTokenId",
-    "SignatureDoesNotMatch", "IncompleteSignature", "MissingAuthenticationToken", "ExpiredToken",
-    "ExpiredTokenException", "UnrecognizedClientException", "InvalidAccessKeyId", "AuthFailure",
-}  # fmt: skip
-_NOT_PROCESSED: Final = {
-    "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
-    "EntityTemporarilyUnmodifiable", "ConcurrentModification",
-}  # fmt: skip
-_TRANSIENT: Final = _NOT_PROCESSED | {
-    "ServiceFailure", "ServiceUnavailable", "InternalFailure", "InternalError", "RequestTimeout",
-}  # fmt: skip
-
 
 def policy_document(user_arns: Sequence[str]) -> dict[str, Any]:
     """The least-privilege IAM policy for rotating the keys of ``user_arns``."""
@@ -425,45 +412,35 @@ class AwsIamIssuer:
 
 
 def _from_client_error(where: str, action: str, response: Any, unsafe: bool) -> VendorError:
-    error = response.get("Error", {})
-    code, message = str(error.get("Code", "Unknown")), str(error.get("Message", ""))
-    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0) or None
-    text = f"{where}: {code}: {message[:300]}".rstrip(": ")
+    failure = classify(response)
+    text, code, status = failure.text(where), failure.code, failure.status
     if code == "LimitExceeded" and action == "create key":
         return KeyLimitReached(
             f"{text} (the user already has two keys, active or inactive)", status=409, code=code
         )
-    if code == "NoSuchEntity":
+    if failure.kind is Kind.NOT_FOUND:
         return VendorNotFound(text, status=status, code=code)
-    if code in _DENIED or status in (401, 403):
+    if failure.kind is Kind.DENIED:
         return VendorAuthError(text, status=status, code=code)
-    if code in _TRANSIENT or (status is not None and (status == 429 or status >= 500)):
-        if unsafe and code not in _NOT_PROCESSED:
+    if failure.kind.transient:
+        if unsafe and failure.kind is not Kind.THROTTLED:
             return VendorOutcomeUnknown(text, status=status, code=code)
         return VendorUnavailable(text, status=status, code=code)
     return VendorRejected(text, status=status, code=code)
 
 
 def _from_botocore_error(where: str, exc: Exception, unsafe: bool) -> VendorError:
-    from botocore import exceptions as bce
-
-    kind = type(exc).__name__
-    if isinstance(exc, bce.EndpointConnectionError):  # the request never left
-        return VendorUnavailable(f"{where}: cannot reach AWS ({kind})")
-    if isinstance(exc, bce.ConnectionError | bce.HTTPClientError):
+    kind, name_of = classify_botocore(exc), type(exc).__name__
+    if kind is BotoKind.NOT_SENT:  # the request never left
+        return VendorUnavailable(f"{where}: cannot reach AWS ({name_of})")
+    if kind is BotoKind.LOST:
         if unsafe:
-            return VendorOutcomeUnknown(f"{where}: the answer was lost ({kind})")
-        return VendorUnavailable(f"{where}: cannot reach AWS ({kind})")
-    credentials = (
-        bce.NoCredentialsError,
-        bce.PartialCredentialsError,
-        bce.CredentialRetrievalError,
-        bce.ProfileNotFound,
-    )
-    if isinstance(exc, credentials):
-        return VendorAuthError(f"{where}: no usable AWS credentials ({kind})")
+            return VendorOutcomeUnknown(f"{where}: the answer was lost ({name_of})")
+        return VendorUnavailable(f"{where}: cannot reach AWS ({name_of})")
+    if kind is BotoKind.CREDENTIALS:
+        return VendorAuthError(f"{where}: no usable AWS credentials ({name_of})")
     # botocore's other messages may quote parameters: named by class only
-    return VendorError(f"{where}: {kind}")
+    return VendorError(f"{where}: {name_of}")
 
 
 def _utc(value: Any) -> datetime:
