@@ -47,7 +47,6 @@ Errors are translated at this edge by :func:`translated`.
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from providers._json import json_object
+from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
 from rotator.aws_errors import NOT_FOUND, BotoKind, Kind, classify, classify_botocore
 from rotator.aws_session import make_session
@@ -176,6 +175,7 @@ class AwsStore:
         self._client = client
         self._id = target.secret_id
         self._name = _name(target)
+        self._codec = FieldCodec(self._name, target.field, json_style="compact")
 
     @property
     def name(self) -> str:
@@ -210,16 +210,12 @@ class AwsStore:
             key, tag = encode_stamp(stamp)
         except ValueError as exc:
             raise StoreError(self._name, f"stage: {exc}") from None
-        text = value.reveal()
-        if self.target.field:
-            data: dict[str, Any] = {}
-            if view is not None and view.labelled(CURRENT) is not None:
-                version_id, base = self._get(CURRENT, "stage")
-                if expected is not None and version_id != view.labelled(CURRENT):
-                    raise StoreConflict(self._name, "stage: the secret changed since it was read")
-                data = json_object(base, self._name, "stage")
-            data[self.target.field] = text
-            text = json.dumps(data, separators=(",", ":"))
+        base: str | None = None
+        if not self._codec.whole and view is not None and view.labelled(CURRENT) is not None:
+            version_id, base = self._get(CURRENT, "stage")
+            if expected is not None and version_id != view.labelled(CURRENT):
+                raise StoreConflict(self._name, "stage: the secret changed since it was read")
+        text = self._codec.merge(base, value.reveal(), "stage")
         with translated(self._name, "stage", conflict={"ResourceExistsException"}):
             if view is None:
                 self._create(key, tag)
@@ -315,11 +311,7 @@ class AwsStore:
 
     def _version(self, view: _View, label: str) -> tuple[str, StoredVersion | None]:
         version_id, text = self._get(label, "read")
-        value: str | None = text
-        if self.target.field:
-            value = json_object(text, self._name, "read").get(self.target.field)
-            if value is not None and not isinstance(value, str):
-                raise StoreFormatError(self._name, f"read: {self.target.field!r} is not a string")
+        value = self._codec.read(text, "read")
         if value is None:
             return version_id, None
         return version_id, StoredVersion(version_id, Secret(value), view.stamp(version_id))

@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import secrets
 import stat
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from providers._json import json_object
+from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
     StoreAccessDenied,
@@ -93,6 +92,8 @@ class FileStore:
         self._lock = path.with_name(base + ".rotator.lock")
         suffix = f"#{target.field}" if target.field else ""
         self._name = f"file:{target.path}{suffix}"
+        fmt = "line" if target.format == "raw" or target.field is None else target.format
+        self._codec = FieldCodec(self._name, target.field, fmt, json_style="indented")
 
     @property
     def name(self) -> str:
@@ -224,42 +225,12 @@ class FileStore:
     def _extract(self, main: bytes | None) -> Secret | None:
         if main is None:
             return None
-        text = self._decode(main, self.path.name)
-        fmt, key = self.target.format, self.target.field
-        if fmt == "raw" or key is None:
-            raw = text.strip()
-            return Secret(raw) if raw else None
-        if fmt == "json":
-            found = self._json_map(text).get(key)
-            if found is None:
-                return None
-            if not isinstance(found, str):
-                raise StoreFormatError(self._name, f"field {key} is not a string")
-            return Secret(found)
-        try:
-            raw_value = _dotenv_get(text, key)
-        except ValueError as exc:
-            raise StoreFormatError(self._name, f"not a dotenv file ({exc})") from None
-        return None if raw_value is None else Secret(raw_value)
+        found = self._codec.read(self._decode(main, self.path.name), "the file")
+        return None if found is None else Secret(found)
 
     def _merge(self, main: bytes | None, value: Secret) -> bytes:
-        key = self.target.field
-        if self.target.format == "raw" or key is None:
-            return value.reveal().encode() + b"\n"
-        text = "" if main is None else self._decode(main, self.path.name)
-        if self.target.format == "json":
-            data = self._json_map(text)
-            data[key] = value.reveal()
-            return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
-        try:
-            return _dotenv_put(text, key, value.reveal()).encode()
-        except ValueError as exc:
-            raise StoreFormatError(self._name, f"not a dotenv file ({exc})") from None
-
-    def _json_map(self, text: str) -> dict[str, Any]:
-        if not text.strip():
-            return {}  # an empty (e.g. just touched) file is an empty map
-        return json_object(text, self._name, "the file")
+        text = None if main is None or self._codec.whole else self._decode(main, self.path.name)
+        return self._codec.merge(text, value.reveal(), "the file").encode()
 
     def _decode(self, data: bytes, what: str) -> str:
         try:
@@ -394,98 +365,6 @@ def _dump_book(book: _Book) -> bytes:
     data = {"format": 1, "counter": book.counter,
             "current": entry(book.current), "pending": entry(book.pending)}
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-
-
-# --------------------------------------------------------------------------- dotenv
-#
-# One assignment per line (``KEY=value``, optionally ``export KEY=value``), ``#``
-# comments and blank lines. Values are bare, 'single-quoted' (literal) or
-# "double-quoted" (backslash escapes). Multi-line values are not supported.
-
-_ASSIGN = re.compile(r"[ \t]*(?:export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_.]*)[ \t]*=[ \t]*")
-_BARE = re.compile(r"[A-Za-z0-9_./:@+,~%^=-]*")
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", '"': '"', "'": "'"}
-
-
-def _dotenv_lines(text: str, key: str) -> tuple[list[str], int | None]:
-    """The lines (with their endings) and the index of the last one assigning ``key``."""
-    lines = text.splitlines(keepends=True)
-    found = None
-    for i, line in enumerate(lines):
-        body = line.rstrip("\r\n")
-        if not body.strip() or body.lstrip().startswith("#"):
-            continue
-        match = _ASSIGN.match(body)
-        if match is None:
-            raise ValueError(f"line {i + 1} is not KEY=value")
-        if match.group("key") == key:
-            found = i
-    return lines, found
-
-
-def _scan(line: str, start: int, number: int) -> tuple[str, int]:
-    """The value starting at ``line[start]`` and the index just past it."""
-    rest = line[start:]
-    if rest[:1] == "'":
-        end = rest.find("'", 1)
-        if end < 0:
-            raise ValueError(f"line {number} has an unterminated quote")
-        value, stop = rest[1:end], start + end + 1
-    elif rest[:1] == '"':
-        out, i = [], 1
-        while i < len(rest) and rest[i] != '"':
-            if rest[i] == "\\" and i + 1 < len(rest):
-                out.append(_ESCAPES.get(rest[i + 1], rest[i : i + 2]))
-                i += 2
-            else:
-                out.append(rest[i])
-                i += 1
-        if i >= len(rest):
-            raise ValueError(f"line {number} has an unterminated quote")
-        value, stop = "".join(out), start + i + 1
-    else:
-        comment = re.search(r"(?:^|[ \t])#", rest)  # as shells and python-dotenv read it
-        value = rest[: comment.start() if comment else len(rest)].rstrip()
-        return value, start + len(value)
-    tail = line[stop:].strip()
-    if tail and not tail.startswith("#"):
-        raise ValueError(f"line {number} has text after the closing quote")
-    return value, stop
-
-
-def _dotenv_get(text: str, key: str) -> str | None:
-    lines, index = _dotenv_lines(text, key)
-    if index is None:
-        return None
-    body = lines[index].rstrip("\r\n")
-    match = _ASSIGN.match(body)
-    assert match is not None
-    return _scan(body, match.end(), index + 1)[0]
-
-
-def _dotenv_quote(value: str) -> str:
-    """Quote only when needed; single quotes where possible, since nothing expands in them."""
-    if _BARE.fullmatch(value):
-        return value
-    if "'" not in value and "\n" not in value and "\r" not in value:
-        return f"'{value}'"
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + escaped.replace("\n", "\\n").replace("\r", "\\r") + '"'
-
-
-def _dotenv_put(text: str, key: str, value: str) -> str:
-    """``text`` with ``key`` set to ``value``; every other line, comment and order kept."""
-    lines, index = _dotenv_lines(text, key)
-    if index is None:
-        sep = "\n" if text and not text.endswith("\n") else ""
-        return f"{text}{sep}{key}={_dotenv_quote(value)}\n"
-    line = lines[index]
-    body = line.rstrip("\r\n")
-    match = _ASSIGN.match(body)
-    assert match is not None
-    _, stop = _scan(body, match.end(), index + 1)
-    lines[index] = body[: match.end()] + _dotenv_quote(value) + body[stop:] + line[len(body) :]
-    return "".join(lines)
 
 
 def open_store(target: FileTarget, *, base_dir: Path) -> FileStore:

@@ -42,14 +42,13 @@ since adding a version does not change the etag.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from providers._json import json_object
+from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.errors import (
     StoreAccessDenied,
@@ -117,6 +116,7 @@ class GcpStore:
         self._path = f"projects/{target.project}/secrets/{target.secret}"
         suffix = f"#{target.field}" if target.field else ""
         self._name = f"gcp:{target.project}/{target.secret}{suffix}"
+        self._codec = FieldCodec(self._name, target.field)
 
     @property
     def name(self) -> str:
@@ -289,12 +289,7 @@ class GcpStore:
 
     def _extract(self, text: str, number: int) -> str | None:
         """The key held in ``text``: the whole text, or the target's field of a JSON object."""
-        if not self.target.field:
-            return text
-        held = json_object(text, self.name, f"version {number}").get(self.target.field)
-        if held is not None and not isinstance(held, str):
-            raise StoreFormatError(self.name, f"version {number}: field is not a string")
-        return held
+        return self._codec.read(text, f"version {number}")
 
     def _stored(self, view: _View, number: int | None) -> StoredVersion | None:
         if number is None:
@@ -324,12 +319,9 @@ class GcpStore:
 
     def _payload(self, view: _View, value: Secret, base: int | None = None) -> str:
         """The text of a new version: the value, or the value merged into the read JSON."""
-        if not self.target.field:
-            return value.reveal()
         number = base if base is not None else view.current
-        data = json_object(self._access(number), self.name, f"version {number}") if number else {}
-        data[self.target.field] = value.reveal()
-        return json.dumps(data)
+        text = self._access(number) if number and not self._codec.whole else None
+        return self._codec.merge(text, value.reveal(), f"version {number}")
 
     def _create(self) -> None:
         with contextlib.suppress(StoreConflict):  # created by another writer meanwhile
