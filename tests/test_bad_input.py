@@ -515,7 +515,7 @@ VENDOR_CASES = [
         True,
         edited(_set("key", "adj_live_" + "ab" * 32)),
         1,
-        "not a agent key",
+        "not an agent key",
     ),
     VendorCase(
         "mint-key-truncated",
@@ -524,7 +524,7 @@ VENDOR_CASES = [
         True,
         edited(_set("key", lambda d: d["key"][:-6])),
         1,
-        "not a agent key",
+        "not an agent key",
     ),
     VendorCase(
         "mint-key-with-another-prefix",

@@ -7,7 +7,6 @@ itself rotated in its own scope.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,13 +20,13 @@ from rotator.abc import Activity, Capabilities, KeyStatus, Minted, VendorKey, fo
 from rotator.errors import ConfigError, VendorAuthError, VendorProtocolError
 from rotator.secret import Secret
 from rotator.vendors._http import HTTPIssuer, Obj, Reply, RetryPolicy, VendorHTTP
+from rotator.vendors._keyformat import KeyFormat
 
 PREFIX_LEN = 13
-KEY_FORMATS: Mapping[str, re.Pattern[str]] = {
-    "workspace": re.compile(r"adj_live_[0-9a-f]{64}"),
-    "agent": re.compile(r"adj_agent_[0-9a-f]{48}"),
+KEY_FORMATS: Mapping[str, KeyFormat] = {
+    "workspace": KeyFormat("a workspace key", "adj_live_", 64, "0-9a-f", "hex", PREFIX_LEN),
+    "agent": KeyFormat("an agent key", "adj_agent_", 48, "0-9a-f", "hex", PREFIX_LEN),
 }
-_FORMAT_NAMES = {"workspace": "adj_live_ + 64 hex", "agent": "adj_agent_ + 48 hex"}
 _STATUSES: Mapping[str, KeyStatus] = {"active": "active", "inactive": "inactive",
                                        "revoked": "revoked"}
 
@@ -118,15 +117,10 @@ class AdjudonIssuer(HTTPIssuer):
         data = reply.data()
         key, kind, agent_id = _key_info(data)
         raw = data.get("key")
-        problem = None
-        if not isinstance(raw, str):
-            problem = "came without its value"
-        elif kind != self.kind or agent_id != self.agent_id:
-            problem = f"is a {kind} key (agent_id {agent_id}), not of this scope"
-        elif not KEY_FORMATS[self.kind].fullmatch(raw):
-            problem = f"has a value that is not a {self.kind} key ({_FORMAT_NAMES[self.kind]})"
-        elif raw[:PREFIX_LEN] != key.prefix:
-            problem = f"has a value that does not start with its prefix {key.prefix!r}"
+        if isinstance(raw, str) and (kind != self.kind or agent_id != self.agent_id):
+            problem: str | None = f"is a {kind} key (agent_id {agent_id}), not of this scope"
+        else:
+            problem = KEY_FORMATS[self.kind].problem(raw, key.prefix)
         if problem is not None or not isinstance(raw, str):
             raise VendorProtocolError(
                 f"{reply.where}: minted key {key.id} {problem}; it is left unused at the vendor"
@@ -167,12 +161,7 @@ class AdjudonIssuer(HTTPIssuer):
 
     def matches(self, value: Secret, key: VendorKey) -> bool:
         """True when ``value`` has this scope's format and starts with ``key.prefix``."""
-        raw = value.reveal()
-        return (
-            len(key.prefix) == PREFIX_LEN
-            and KEY_FORMATS[self.kind].fullmatch(raw) is not None
-            and raw[:PREFIX_LEN] == key.prefix
-        )
+        return KEY_FORMATS[self.kind].matches(value, key)
 
     # -- the emergency audit
 

@@ -7,7 +7,6 @@ has no key ids; the rotator names a key ``<app_id>@<key_prefix>``.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +19,10 @@ from rotator.abc import Activity, Capabilities, Minted, VendorKey
 from rotator.errors import VendorAuthError, VendorNotFound, VendorProtocolError, VendorRejected
 from rotator.secret import Secret
 from rotator.vendors._http import HTTPIssuer, Obj, Reply, RetryPolicy, VendorHTTP
+from rotator.vendors._keyformat import KeyFormat
 
 PREFIX_LEN = 12
-KEY_FORMAT = re.compile(r"sk_live_[A-Za-z0-9]{40}")
+KEY_FORMAT = KeyFormat("an app key", "sk_live_", 40, "A-Za-z0-9", "letters or digits", PREFIX_LEN)
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,7 @@ class AdjutorIssuer(HTTPIssuer):
         app = _app_info(data, self.app_id)
         key = self._current(app)
         raw = data.get("api_key")
-        problem = None
-        if not isinstance(raw, str):
-            problem = "came without its value"
-        elif not KEY_FORMAT.fullmatch(raw):
-            problem = "has a value that is not an app key (sk_live_ + 40 letters or digits)"
-        elif raw[:PREFIX_LEN] != app.key_prefix:
-            problem = f"has a value that does not start with its prefix {app.key_prefix!r}"
+        problem = KEY_FORMAT.problem(raw, app.key_prefix)
         if problem is not None or not isinstance(raw, str):
             raise VendorProtocolError(
                 f"{reply.where}: the reset key {key.id} {problem}; the app's previous key "
@@ -141,12 +135,7 @@ class AdjutorIssuer(HTTPIssuer):
 
     def matches(self, value: Secret, key: VendorKey) -> bool:
         """True when ``value`` is an app key starting with ``key.prefix``."""
-        raw = value.reveal()
-        return (
-            len(key.prefix) == PREFIX_LEN
-            and KEY_FORMAT.fullmatch(raw) is not None
-            and raw[:PREFIX_LEN] == key.prefix
-        )
+        return KEY_FORMAT.matches(value, key)
 
     # -- helpers
 
