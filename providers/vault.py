@@ -53,7 +53,7 @@ from rotator.errors import (
     StoreNotFound,
     StoreUnavailable,
 )
-from rotator.net import tls_problem
+from rotator.net import require_tls
 from rotator.secret import Secret
 from rotator.spec import VaultTarget
 
@@ -76,8 +76,7 @@ def _one_line(errors: list[str] | None) -> str:
 def open_store(target: VaultTarget, *, base_dir: Path, client: Any | None = None) -> VaultStore:
     """The store for ``target``; ``client`` is an authenticated ``hvac.Client`` (for tests)."""
     where = f"vault target {target.url}"
-    if tls_problem(target.url):  # the rule validate applies too
-        raise ConfigError(f"{where}: only https, or plain http to a loopback address, is allowed")
+    require_tls("vault target", target.url)  # the rule validate applies too
     if target.auth.method == "kubernetes" and not target.auth.role:
         raise ConfigError(f"{where}: auth method kubernetes needs a role")
     return VaultStore(target, base_dir=base_dir, client=client)

@@ -7,6 +7,9 @@ from urllib.parse import urlsplit
 
 from rotator.errors import ConfigError
 
+RULE = "only https, or plain http to a loopback address, is allowed"
+"""The rule in words, for every message that refuses an endpoint."""
+
 
 def is_loopback(host: str | None) -> bool:
     """True for ``localhost``, 127.0.0.0/8 and ``::1`` (a local emulator or test server)."""
@@ -34,7 +37,7 @@ def tls_problem(url: str) -> str | None:
     if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
         # a password in the URL stays out of the message
         shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-        return f"{shown!r}: only https, or plain http to a loopback address, is allowed"
+        return f"{shown!r}: {RULE}"
     return None
 
 

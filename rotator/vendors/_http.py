@@ -77,11 +77,9 @@ def check_base_url(url: str, vendor: str) -> str:
         raise ConfigError(f"{vendor}: base_url {url!r} is not an http(s) URL")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"{vendor}: base_url must not carry credentials, a query or a fragment")
-    if tls_problem(url):  # the rule validate applies too
-        raise ConfigError(
-            f"{vendor}: base_url {url!r} uses plain http; only https is allowed "
-            "(or http to a loopback host)"
-        )
+    problem = tls_problem(url)  # the rule validate applies too
+    if problem:
+        raise ConfigError(f"{vendor}: base_url {problem}")
     return url.rstrip("/")
 
 

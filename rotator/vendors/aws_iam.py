@@ -52,6 +52,8 @@ from rotator.errors import (
     VendorRejected,
     VendorUnavailable,
 )
+from rotator.net import RULE as TLS_RULE
+from rotator.net import tls_problem
 from rotator.secret import Secret
 
 if TYPE_CHECKING:
@@ -472,12 +474,9 @@ def open_issuer(
 
     name = f"{issuer}/user:{spec.user_name}"
     if spec.endpoint_url:
-        try:
-            check_base_url(spec.endpoint_url, name)
-        except ConfigError:
-            raise ConfigError(
-                f"{name}: endpoint_url: only https, or plain http to a loopback address, is allowed"
-            ) from None
+        if tls_problem(spec.endpoint_url):
+            raise ConfigError(f"{name}: endpoint_url: {TLS_RULE}")
+        check_base_url(spec.endpoint_url, f"{name}: endpoint_url")
     timeout = spec.timeout.total_seconds()
     attempts = retry.attempts if retry is not None else 5
 
