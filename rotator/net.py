@@ -24,6 +24,15 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def shown(url: str) -> str:
+    """``url`` fit for a message: without the user and password it may carry."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<not a URL>"
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
 def tls_problem(url: str) -> str | None:
     """What is wrong with ``url`` under the rule (https, or plain http to a loopback host), or None.
 
@@ -35,9 +44,7 @@ def tls_problem(url: str) -> str | None:
     except ValueError as exc:  # "http://[::1" and the like
         return f"not a URL ({exc})"
     if parts.scheme != "https" and not (parts.scheme == "http" and is_loopback(parts.hostname)):
-        # a password in the URL stays out of the message
-        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-        return f"{shown!r}: {RULE}"
+        return f"{shown(url)!r}: {RULE}"
     return None
 
 

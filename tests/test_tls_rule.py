@@ -57,3 +57,9 @@ def test_every_part_refuses_plain_http_in_the_rules_words(refuse: object) -> Non
     message = _refusal(refuse)
     assert message.endswith(RULE)
     assert PASSWORD not in message
+
+
+@pytest.mark.parametrize("url", [f"ftp://user:{PASSWORD}@api.example.com", f"https://user:{PASSWORD}@"])
+def test_a_vendor_url_that_is_no_http_url_is_named_without_its_password(url: str) -> None:
+    message = _refusal(lambda: check_base_url(url, "adjudon-prod"))
+    assert "is not an http(s) URL" in message and PASSWORD not in message

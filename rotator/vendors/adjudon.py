@@ -19,7 +19,8 @@ import httpx
 from rotator.abc import Activity, Capabilities, KeyStatus, Minted, VendorKey, format_time
 from rotator.errors import ConfigError, VendorAuthError, VendorProtocolError
 from rotator.secret import Secret
-from rotator.vendors._http import HTTPIssuer, Obj, Reply, RetryPolicy, VendorHTTP
+from rotator.vendors._answers import Obj, Reply
+from rotator.vendors._http import HTTPIssuer, RetryPolicy, VendorHTTP
 from rotator.vendors._keyformat import KeyFormat
 
 PREFIX_LEN = 13

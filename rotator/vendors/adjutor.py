@@ -18,7 +18,8 @@ import httpx
 from rotator.abc import Activity, Capabilities, Minted, VendorKey
 from rotator.errors import VendorAuthError, VendorNotFound, VendorProtocolError, VendorRejected
 from rotator.secret import Secret
-from rotator.vendors._http import HTTPIssuer, Obj, Reply, RetryPolicy, VendorHTTP
+from rotator.vendors._answers import Obj, Reply
+from rotator.vendors._http import HTTPIssuer, RetryPolicy, VendorHTTP
 from rotator.vendors._keyformat import KeyFormat
 
 PREFIX_LEN = 12
