@@ -1,20 +1,28 @@
 """Every seam of the rotator in one file: the value types that cross them and the
-two Protocols that backends implement.
+Protocols that backends implement.
 
 * :class:`Issuer` - a vendor that mints, lists, revokes and probes keys
   (``rotator.vendors``).
 * :class:`SecretStore` - a place consumers read a key from (``providers``).
+* :class:`Lease` - one writer per key (``rotator.engine.lease``).
 
-Both Protocols are kept to the few methods every backend can honour. The
-engine (``rotator.engine``) speaks only to these.
+Both backend Protocols are kept to the few methods every backend can honour. What only
+some backends can do is declared by a small runtime-checkable Protocol of its own
+(:class:`Closeable`, :class:`Retiring`, :class:`Reactivating`, :class:`ChainAuditing`,
+:class:`VendorClock`, :class:`TwoStepRevoke`, :class:`AppScoped`, :class:`Losable`): the
+engine asks ``isinstance(x, Ability)``, which mypy checks, never ``getattr``. The engine
+(``rotator.engine``) speaks only to these.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC as _UTC
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
 from rotator.secret import Secret
@@ -288,3 +296,104 @@ class VendorClock(Protocol):
     def vendor_now(self) -> datetime | None:
         """The vendor's time now, as last learnt; ``None`` before any answer told it."""
         ...
+
+
+# --------------------------------------------------------------------------- optional abilities
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    """An issuer holding connections to close when the engine is done with it."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Retiring(Protocol):
+    """A store that can disable its old versions holding a revoked key (GCP), so no consumer
+    pinned to one keeps a dead key."""
+
+    def retire(self, key_id: str) -> list[int]:
+        """Disable the versions stamped with ``key_id``; the versions disabled.
+
+        :raises StoreError: when the store refuses; the revoke itself already happened.
+        """
+        ...
+
+
+@runtime_checkable
+class Reactivating(Protocol):
+    """An issuer whose revoke deactivates before it deletes (IAM): a deactivated key can be
+    made active again."""
+
+    def reactivate(self, key_id: str) -> VendorKey: ...
+
+
+class ChainResult(Protocol):
+    """A vendor's check of its trace hash chain over a window."""
+
+    @property
+    def valid(self) -> bool: ...
+
+    @property
+    def checked(self) -> int: ...
+
+    @property
+    def first_invalid(self) -> int | None: ...
+
+    @property
+    def traces_by_key(self) -> Mapping[str, int]: ...
+
+
+@runtime_checkable
+class ChainAuditing(Protocol):
+    """An issuer whose vendor keeps a hash chain of traces that an emergency audits for the
+    exposure window."""
+
+    def verify_chain(self, start: datetime | None = None, end: datetime | None = None) -> ChainResult: ...
+
+
+@runtime_checkable
+class TwoStepRevoke(Protocol):
+    """An issuer's configuration whose revoke deactivates first: the key is deleted
+    ``delete_after`` later."""
+
+    delete_after: timedelta
+
+
+@runtime_checkable
+class AppScoped(Protocol):
+    """An issuer's configuration bound to one app of the vendor (a reset vendor)."""
+
+    app_id: str
+
+
+# --------------------------------------------------------------------------- leases
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """Who holds a key's lease and since when."""
+
+    key: str
+    owner: str
+    acquired_at: datetime
+
+
+class Lease(Protocol):
+    """A per-key mutual exclusion between runners (cron, Lambda, a person)."""
+
+    def acquire(self, key: str) -> AbstractContextManager[LeaseInfo]:
+        """Hold ``key``'s lease for the ``with`` block.
+
+        :raises LeaseBusy: at once, naming the holder, when another runner holds it.
+        """
+        ...
+
+
+@runtime_checkable
+class Losable(Protocol):
+    """A held lease that can be lost while held (a renewed DynamoDB lease): ``lost`` is set
+    when a renewal finds another runner took it."""
+
+    lost: threading.Event

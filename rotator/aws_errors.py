@@ -95,17 +95,20 @@ def classify(response: Any) -> AwsFailure:
     return AwsFailure(code, message, status, _kind(code, message, status))
 
 
+_BY_CODE: dict[str, Kind] = {
+    # later sets win where a code stands in two: not-found first, then denied, throttled, transient
+    **dict.fromkeys(TRANSIENT, Kind.TRANSIENT),
+    **dict.fromkeys(THROTTLED, Kind.THROTTLED),
+    **dict.fromkeys(DENIED, Kind.DENIED),
+    **dict.fromkeys(NOT_FOUND, Kind.NOT_FOUND),
+}
+
+
 def _kind(code: str, message: str, status: int | None) -> Kind:
-    if code in NOT_FOUND:
-        return Kind.NOT_FOUND
     if code == "InvalidRequestException" and _DELETED.search(message):
         return Kind.NOT_FOUND  # Secrets Manager: the secret is scheduled for deletion
-    if code in DENIED:
-        return Kind.DENIED
-    if code in THROTTLED:
-        return Kind.THROTTLED
-    if code in TRANSIENT:
-        return Kind.TRANSIENT
+    if code in _BY_CODE:
+        return _BY_CODE[code]
     if status in (401, 403):
         return Kind.DENIED
     if status is not None and (status == 429 or status >= 500):

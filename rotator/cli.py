@@ -355,19 +355,19 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
     """
     engine = obj.engine()
     _keys(engine.spec, [key])
-    issuer = engine.issuer(key)
-    restore = getattr(issuer, "reactivate", None)
-    if restore is None:
+    from rotator.abc import Reactivating
+    from rotator.engine.model import Reactivate
+
+    if not isinstance(engine.issuer(key), Reactivating):
         raise RotatorError(
             f"issuer {engine.spec.keys[key].issuer} cannot reactivate a key: its revoke is final"
         )
     from rotator.statedir import ensure_writable
 
     ensure_writable(engine.state_dir)
-    with engine.lease.acquire(key):
-        restored = restore(key_id)
-        engine.journal.append("reactivated", key=key, key_id=restored.id, prefix=restored.prefix)
-    click.echo(f"{key}: {restored.id} is active again")
+    with engine.lease.acquire(key) as lease:
+        restored = engine.act(key, Reactivate(key_id), lease=lease).key
+    click.echo(f"{key}: {restored.id if restored else key_id} is active again")
 
 
 @cli.command()

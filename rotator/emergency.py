@@ -3,7 +3,8 @@
 Following the vendors' leak procedure: revoke the leaked key at once, then mint, roll out
 to every target and audit the vendor's trace chain for the exposure window. With
 ``keep_serving`` the order is mint, roll out, then revoke seconds later: a short exposure
-instead of an outage. A reset-only vendor revokes and mints in one call (the reset).
+instead of an outage. A reset-only vendor revokes and mints in one call (the reset). Every
+write goes through the engine's act path (``Engine.act``; ``RevokeLeaked`` for the revoke).
 
 Everything here is reached only by the emergency path; it imports no cloud SDK a target of
 the key does not use (providers import their SDK when the store is opened).
@@ -21,7 +22,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rotator.abc import VendorKey, format_time
+from rotator.abc import ChainAuditing, VendorKey, format_time
+from rotator.engine.model import RevokeLeaked
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
 
@@ -130,15 +132,15 @@ def run_emergency(
 
         if reset_vendor:
             result = engine.reconcile_locked(key, force=True)
-            _revoked(report, engine, key, leaked, t0, at=engine.last_reset.get(key))
+            _revoked(report, engine, key, leaked, t0, at=result.reset_at)
         elif serve_first:
             result = engine.reconcile_locked(key, force=True, stop_before=("revoke",))
             if result.outcome in ("ok", "waiting"):  # the new key is current everywhere
-                issuer.revoke(leaked.id)
+                engine.act(key, RevokeLeaked(leaked.id))
                 _revoked(report, engine, key, leaked, t0)
                 result = engine.reconcile_locked(key)
         else:
-            issuer.revoke(leaked.id)
+            engine.act(key, RevokeLeaked(leaked.id))
             _revoked(report, engine, key, leaked, t0)
             result = engine.reconcile_locked(key)
         _finish(report, engine, key, result)
@@ -247,11 +249,11 @@ def _finish(report: EmergencyReport, engine: Engine, key: str, result: KeyResult
 
 
 def _audit_chain(report: EmergencyReport, engine: Engine, key: str, since: datetime) -> None:
-    verify = getattr(engine.issuer(key), "verify_chain", None)
-    if verify is None:
+    issuer = engine.issuer(key)
+    if not isinstance(issuer, ChainAuditing):
         return  # the vendor has no trace chain to audit
     try:
-        chain = verify(since, engine.clock())
+        chain = issuer.verify_chain(since, engine.clock())
     except RotatorError as exc:
         log.warning("%s: chain audit failed: %s", key, exc)
         report.message += f"; chain audit failed: {exc}"

@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 
-from rotator.engine.model import Decision
+from rotator.abc import Stamp, StoredVersion
+from rotator.engine.model import Mint, Promote, Wait
 from rotator.progress import ProgressView
+from rotator.secret import Secret
 
 
 def test_phase_lines_and_live_drain_line() -> None:
@@ -17,9 +19,12 @@ def test_phase_lines_and_live_drain_line() -> None:
     console = Console(file=out, force_terminal=True, width=200, color_system=None)
     view = ProgressView(console=console)
     until = datetime.now(UTC) + timedelta(seconds=90)
-    wait = Decision("wait", "draining", "draining old key key_1 (adj_agent_abc…)", until=until)
+    wait = Wait("draining", "draining old key key_1 (adj_agent_abc…)", until=until)
+    value = Secret("adj_agent_new")
+    version = StoredVersion("2", value, Stamp("key_2", value.fingerprint, "a1"))
+    promote = Promote("staged everywhere", (0,), version, "key_2", datetime.now(UTC))
     with view:
-        view.update("payments", Decision("promote", "staged", "staged everywhere"))
+        view.update("payments", promote)
         view.update("payments", wait)
         view.update("payments", wait)  # the same phase again: no new line
         live = view._render().plain
@@ -36,5 +41,5 @@ def test_disabled_view_prints_nothing() -> None:
     out = io.StringIO()
     view = ProgressView(enabled=False, console=Console(file=out, force_terminal=True))
     with view:
-        view.update("k", Decision("mint", "due", "first run"))
+        view.update("k", Mint("first run"))
     assert out.getvalue() == ""

@@ -1,39 +1,73 @@
 """Decide the next safe step for one key from an observation alone (no I/O).
 
-The rules, in the order they are tried, keep DESIGN.md's invariants:
+The rules keep DESIGN.md's invariants. Each numbered rule is one small function; they are
+tried in this order and the first that applies decides.
 
-overlap (two keys may be active):
-  1. a target that cannot be read stops the pass: nothing is minted or revoked blind;
-  2. an active key the rotator minted that no target holds, newer than every stored key,
-     is an orphan (minted, then the process died before storing it) only when the journal
-     shows no write of its attempt to any target and the vendor shows no use since its mint:
-     revoke it. Otherwise it was stored once and a target was renamed or its secret deleted:
-     hold for a person, never revoke a key consumers may still use;
+any strategy:
+  0. a target that cannot be read stops the pass: nothing is minted or revoked blind.
+
+overlap (two keys may be active; ``_OVERLAP_RULES``):
+  1. an active key the rotator minted that no target holds, newer than every stored key, is
+     an orphan (minted, then the process died before storing it) only when the journal shows
+     no write of its attempt to any target and the vendor shows no use since its mint: revoke
+     it. Otherwise it was stored once and a target was renamed or its secret deleted: hold for
+     a person, never revoke a key consumers may still use;
+  2. no target holds a key the vendor still accepts: mint one, unless the scope already has
+     as many active keys as it allows (hold: never mint around keys the rotator does not hold);
   3. the newest stored key the vendor still accepts is the desired one: stage it where it is
-     missing, then promote it where it is not current, or where a promote was cut short (the
-     probe happens before promoting);
-  4. once it is current everywhere, an older active key drains: revoke it when its
-     ``last_used_at`` has stayed before ``promoted_at + propagation`` for ``drain``; hold
-     at ``timeout`` (or revoke if the file says ``on_timeout: revoke``);
-  5. otherwise the key is due (age, schedule, or a person asked) or current.
+     missing;
+  4. then promote it where it is not current, or where a promote was cut short (the probe
+     happens before promoting);
+  5. two-step revoke (``delete_after``): delete an inactive old key once it has been inactive
+     that long, or at once when it holds the second key slot and a rotation is due;
+  6. an active key newer than the current one that the rotator did not mint: hold;
+  7. once the new key is current everywhere, an older active key drains: revoke it when its
+     ``last_used_at`` has stayed before ``promoted_at + propagation`` for ``drain``; hold at
+     ``timeout`` (or revoke if the file says ``on_timeout: revoke``). An older key beside an
+     adopted key the rotator never promoted: hold;
+  8. a target still holding a pending copy of the live key that no promote accounts for,
+     when a rotation is due: hold (never mint over it);
+  9. otherwise the key is due (age, schedule, or a person asked: mint) or current (done).
 
 Every time is judged in the vendor's clock (``Observation.clock_offset``): ``promoted_at`` is
 stamped in it and compared with the vendor's ``last_used_at``; ``until`` is handed back in ours.
 
-cutover (a reset revokes the old key at once):
-  the vendor's one key must be in every target; if no target holds it and the stored key is
-  rejected, a reset's value was lost: hold with recovery steps, never reset again blindly.
+cutover (a reset revokes the old key at once; ``_CUTOVER_RULES``):
+  1. the vendor lists no active key: hold (a lost reset, or no key to reset with);
+  2. no target holds the vendor's key but the bootstrap value is it: adopt it (stage it
+     everywhere);
+  3. no target holds the vendor's key: a reset's value was lost; hold with recovery steps,
+     never reset again blindly;
+  4. stage the vendor's key where it is not current;
+  5. otherwise the key is due (reset) or current (done).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import cached_property
 
 from rotator.abc import Stamp, StoredVersion, TargetState, VendorKey
-from rotator.engine.model import Decision, Observation, Phase, attempt_of
+from rotator.engine.model import (
+    Decision,
+    Delete,
+    Done,
+    Fail,
+    Hold,
+    Mint,
+    Observation,
+    Phase,
+    Promote,
+    Reset,
+    Revoke,
+    RevokeOrphan,
+    Stage,
+    Wait,
+    attempt_of,
+)
 from rotator.secret import Secret
 from rotator.spec import format_duration
 
@@ -63,14 +97,16 @@ def decide(obs: Observation) -> Decision:
             t.error if t.error and t.error.startswith(f"{t.name}: ") else f"{t.name}: {t.error}"
             for t in broken
         )
-        return Decision("fail", "failed", f"cannot read {len(broken)} target(s), acting on none: {names}")
+        return Fail(f"cannot read {len(broken)} target(s), acting on none: {names}")
     offset = obs.clock_offset
     if not offset:
         return _decide_cutover(obs) if obs.strategy == "cutover" else _decide_overlap(obs)
     # one clock, the vendor's: promoted_at is stamped in it and compared with its last_used_at
     seen = replace(obs, now=obs.now + offset)
     d = _decide_cutover(seen) if obs.strategy == "cutover" else _decide_overlap(seen)
-    return d if d.until is None else replace(d, until=d.until - offset)  # callers sleep in ours
+    if isinstance(d, Wait | Done) and d.until is not None:
+        return replace(d, until=d.until - offset)  # callers sleep in ours
+    return d
 
 
 # --------------------------------------------------------------------------- helpers
@@ -156,188 +192,248 @@ def _due_reason(obs: Observation, key: VendorKey) -> str | None:
     return None
 
 
-def _steady(obs: Observation, key: VendorKey, action: str) -> Decision:
+def _steady(obs: Observation, key: VendorKey, *, cutover: bool) -> Decision:
     reason = _due_reason(obs, key)
     if reason is None:
         due_at = key.created_at + obs.max_age
         if obs.next_schedule_fire is not None:
             due_at = min(due_at, obs.next_schedule_fire)
-        return Decision(
-            "done",
-            "current",
-            f"{show(key)} is current everywhere; next due {when(due_at)}",
-            until=due_at,
-            key_id=key.id,
-        )
-    return Decision(action, "due", reason, key_id=key.id)  # type: ignore[arg-type]
+        return Done(f"{show(key)} is current everywhere; next due {when(due_at)}", key.id, until=due_at)
+    return Reset(reason, key_id=key.id) if cutover else Mint(reason, key_id=key.id)
 
 
 # --------------------------------------------------------------------------- overlap
 
 
-def _decide_overlap(obs: Observation) -> Decision:
-    states = _states(obs)
-    active = [k for k in obs.vendor if k.active]
-    stored: list[tuple[VendorKey, StoredVersion]] = []
-    for state in states:
-        for v in _versions(state):
-            k = _key_for(obs, v.value, v.stamp)
-            if k is not None:
-                stored.append((k, v))
-    referenced = {k.id for k, _ in stored}
+@dataclass(frozen=True)
+class _Seen:
+    """What the overlap rules share, worked out once from the observation."""
+
+    obs: Observation
+    states: tuple[TargetState, ...]
+    active: tuple[VendorKey, ...]
+    stored: tuple[tuple[VendorKey, StoredVersion], ...]
+    """Each stored value with the vendor key it is."""
+
+    @classmethod
+    def of(cls, obs: Observation) -> _Seen:
+        states = tuple(_states(obs))
+        stored = tuple(
+            (k, v)
+            for state in states
+            for v in _versions(state)
+            if (k := _key_for(obs, v.value, v.stamp)) is not None
+        )
+        return cls(obs, states, tuple(k for k in obs.vendor if k.active), stored)
+
+    @cached_property
+    def live(self) -> list[tuple[VendorKey, StoredVersion]]:
+        return [(k, v) for k, v in self.stored if k.active]
+
+    @cached_property
+    def newest(self) -> tuple[VendorKey, StoredVersion]:
+        """The newest live stored key (rules 3 on: rule 2 saw that there is one). A copy
+        stamped for the key beats an unstamped copy of the same key: a promote cut short (a
+        file written, its stamp not yet) leaves the value current but unstamped in one target."""
+        return max(
+            self.live,
+            key=lambda kv: (kv[0].created_at, kv[1].stamp is not None and kv[1].stamp.key_id == kv[0].id),
+        )
+
+    @property
+    def new_key(self) -> VendorKey:
+        return self.newest[0]
+
+    @property
+    def fp(self) -> str:
+        return self.newest[1].fingerprint
+
+    @cached_property
+    def promoted(self) -> list[datetime]:
+        """When the new key was promoted, in each target that stamped it."""
+        return [
+            s.current.stamp.promoted_at
+            for s in self.states
+            if s.current is not None
+            and s.current.fingerprint == self.fp
+            and s.current.stamp is not None
+            and s.current.stamp.promoted_at is not None
+        ]
+
+
+def _unheld(seen: _Seen) -> Decision | None:
+    """Rule 1: an active rotator key no target holds, newer than every stored key: revoke it
+    as an orphan if never stored and never used, else hold it (a target renamed or deleted)."""
+    obs = seen.obs
+    referenced = {k.id for k, _ in seen.stored}
     # the keys broken values claim by prefix: being replaced, not renamed away
     referenced |= {i for fp in obs.rejected for i in (obs.owners or {}).get(fp, ())}
-    newest_stored = max((k.created_at for k, _ in stored), default=None)
-
-    unheld = _unheld(obs, active, referenced, newest_stored)
-    if unheld is not None:
-        return unheld
-
-    live = [(k, v) for k, v in stored if k.active]
-    if not live:
-        if len(active) >= obs.capabilities.max_active:
-            names = ", ".join(show(k) for k in active)
-            return Decision(
-                "hold",
-                "held",
-                f"no target holds a working key and the scope already has {len(active)} active "
-                f"keys the rotator does not hold ({names}); not minting around them",
-            )
-        held = [v for s in states for v in _versions(s)]
-        broken = [
-            t.name
-            for t in obs.targets
-            if t.state is not None and any(v.fingerprint in obs.rejected for v in _versions(t.state))
-        ]
-        if broken:
-            why = (
-                f"the value stored in {', '.join(broken)} is broken: it has a key's prefix but "
-                "the vendor rejects it; minting a replacement"
-            )
-        elif held:
-            why = "the stored key is unknown to or revoked by the vendor"
-        else:
-            why = "first run: no target holds a key"
-        return Decision("mint", "due", why)
-
-    # A copy stamped for the key beats an unstamped copy of the same key: a promote cut short
-    # (a file written, its stamp not yet) leaves the value current but unstamped in one target.
-    new_key, new_version = max(
-        live, key=lambda kv: (kv[0].created_at, kv[1].stamp is not None and kv[1].stamp.key_id == kv[0].id)
-    )
-    fp = new_version.fingerprint
-    missing = tuple(i for i, s in enumerate(states) if not _holds(s, fp))
-    if missing:
-        return Decision(
-            "stage",
-            "minted",
-            f"{show(new_key)} is not yet staged in {len(missing)} target(s)",
-            targets=missing,
-            revisions=_revisions(states, missing),
-            version=_stamped(new_version, new_key),
-            key_id=new_key.id,
-        )
-    attempt = new_version.stamp.attempt if new_version.stamp is not None else None
-    not_current = tuple(
-        i for i, s in enumerate(states) if not _is_current(s, fp) or _cut_short(s, fp, attempt)
-    )
-    promoted = [
-        s.current.stamp.promoted_at
-        for s in states
-        if s.current is not None
-        and s.current.fingerprint == fp
-        and s.current.stamp is not None
-        and s.current.stamp.promoted_at is not None
-    ]
-    if not_current:
-        return Decision(
-            "promote",
-            "staged",
-            f"{show(new_key)} is staged everywhere, not yet current in {len(not_current)} target(s)",
-            targets=not_current,
-            version=_stamped(new_version, new_key),
-            key_id=new_key.id,
-            promoted_at=min(promoted, default=obs.now),
-        )
-
-    inactive = [k for k in obs.vendor if k.status == "inactive" and k.id != new_key.id]
-    if obs.delete_after is not None and inactive:
-        ripe = [k for k in inactive if (k.revoked_at or k.created_at) + obs.delete_after <= obs.now]
-        if ripe or _due_reason(obs, new_key) is not None:
-            old = (ripe or inactive)[0]
-            why = (
-                f"deactivated more than {format_duration(obs.delete_after)} ago"
-                if ripe
-                else "it holds the second key slot and a rotation is due"
-            )
-            return Decision("revoke", "revoked", f"deleting inactive key {show(old)}: {why}", key_id=old.id)
-
-    others = [k for k in active if k.id != new_key.id]
-    newer = [k for k in others if k.created_at > new_key.created_at]
-    if newer:
-        return Decision(
-            "hold",
-            "held",
-            f"active key {show(newer[0])} is newer than the current key, is in no target and was "
-            "not minted by the rotator; revoke it by hand if it is not needed",
-        )
-    if others:
-        if not promoted:
-            return Decision(
-                "hold",
-                "held",
-                f"key {show(others[0])} is active beside the adopted current key {show(new_key)}, "
-                "and the rotator never promoted either; revoke it by hand or run `rotator rotate`",
-            )
-        return _drain(obs, new_key, min(others, key=lambda k: k.created_at), min(promoted))
-    leftover = [
-        obs.targets[i].name
-        for i, s in enumerate(states)
-        if s.pending is not None
-        and (k := _key_for(obs, s.pending.value, s.pending.stamp)) is not None
-        and k.active
-    ]
-    if leftover and _due_reason(obs, new_key) is not None:
-        # never mint while a store still holds an unresolved pending version of a live key
-        return Decision(
-            "hold",
-            "held",
-            f"{', '.join(leftover)} still hold(s) a pending copy of {show(new_key)} that no promote "
-            "of the rotator accounts for; remove that pending version by hand, then run `rotator apply`",
-        )
-    return _steady(obs, new_key, "mint")
-
-
-def _unheld(
-    obs: Observation, active: list[VendorKey], referenced: set[str], newest: datetime | None
-) -> Decision | None:
-    """Rule 2: an active rotator key no target holds, newer than every stored key: revoke it
-    as an orphan if never stored and never used, else hold it (a target renamed or deleted)."""
-    for k in active:
+    newest = max((k.created_at for k, _ in seen.stored), default=None)
+    for k in seen.active:
         attempt = attempt_of(obs.key, k)
         if k.id in referenced or attempt is None:
             continue
         if newest is not None and k.created_at <= newest:
-            continue  # an older key: it drains (rule 4)
+            continue  # an older key: it drains (rule 7)
         used = k.last_used_at is not None and k.last_used_at >= k.created_at
         if attempt not in obs.stored_attempts and not used:
-            return Decision(
-                "revoke",
-                "minted",
-                f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it",
-                key_id=k.id,
+            return RevokeOrphan(
+                f"orphan {show(k)}: minted by attempt {attempt} but stored in no target; revoking it", k.id
             )
         last = f"last used {when(k.last_used_at)}" if used and k.last_used_at else "never used"
         was = "was written to a target" if attempt in obs.stored_attempts else "has been used"
-        return Decision(
-            "hold",
-            "held",
+        return Hold(
             f"active key {show(k)} ({last}) {was} but no target holds it now: a target was "
             "likely renamed or its secret deleted. Not revoking a key consumers may still use: "
             "put the target back, or move its consumers and revoke the key by hand",
             key_id=k.id,
         )
     return None
+
+
+def _no_working_key(seen: _Seen) -> Decision | None:
+    """Rule 2: no target holds a key the vendor still accepts: mint, unless the scope is full."""
+    if seen.live:
+        return None
+    obs = seen.obs
+    if len(seen.active) >= obs.capabilities.max_active:
+        names = ", ".join(show(k) for k in seen.active)
+        return Hold(
+            f"no target holds a working key and the scope already has {len(seen.active)} active "
+            f"keys the rotator does not hold ({names}); not minting around them"
+        )
+    broken = [
+        t.name
+        for t in obs.targets
+        if t.state is not None and any(v.fingerprint in obs.rejected for v in _versions(t.state))
+    ]
+    if broken:
+        return Mint(
+            f"the value stored in {', '.join(broken)} is broken: it has a key's prefix but "
+            "the vendor rejects it; minting a replacement"
+        )
+    if any(True for s in seen.states for _ in _versions(s)):
+        return Mint("the stored key is unknown to or revoked by the vendor")
+    return Mint("first run: no target holds a key")
+
+
+def _stage_missing(seen: _Seen) -> Decision | None:
+    """Rule 3: stage the newest stored key where it is missing."""
+    new_key, new_version = seen.newest
+    missing = tuple(i for i, s in enumerate(seen.states) if not _holds(s, seen.fp))
+    if not missing:
+        return None
+    return Stage(
+        "minted",
+        f"{show(new_key)} is not yet staged in {len(missing)} target(s)",
+        targets=missing,
+        revisions=_revisions(list(seen.states), missing),
+        version=_stamped(new_version, new_key),
+        key_id=new_key.id,
+    )
+
+
+def _promote_lagging(seen: _Seen) -> Decision | None:
+    """Rule 4: promote it where it is not current, or where a promote was cut short."""
+    new_key, new_version = seen.newest
+    fp = seen.fp
+    attempt = new_version.stamp.attempt if new_version.stamp is not None else None
+    not_current = tuple(
+        i for i, s in enumerate(seen.states) if not _is_current(s, fp) or _cut_short(s, fp, attempt)
+    )
+    if not not_current:
+        return None
+    return Promote(
+        f"{show(new_key)} is staged everywhere, not yet current in {len(not_current)} target(s)",
+        targets=not_current,
+        version=_stamped(new_version, new_key),
+        key_id=new_key.id,
+        promoted_at=min(seen.promoted, default=seen.obs.now),
+    )
+
+
+def _delete_inactive(seen: _Seen) -> Decision | None:
+    """Rule 5: two-step revoke: delete an inactive key once ripe, or when its slot is needed."""
+    obs, new_key = seen.obs, seen.new_key
+    inactive = [k for k in obs.vendor if k.status == "inactive" and k.id != new_key.id]
+    if obs.delete_after is None or not inactive:
+        return None
+    ripe = [k for k in inactive if (k.revoked_at or k.created_at) + obs.delete_after <= obs.now]
+    if not ripe and _due_reason(obs, new_key) is None:
+        return None
+    old = (ripe or inactive)[0]
+    why = (
+        f"deactivated more than {format_duration(obs.delete_after)} ago"
+        if ripe
+        else "it holds the second key slot and a rotation is due"
+    )
+    return Delete(f"deleting inactive key {show(old)}: {why}", old.id)
+
+
+def _newer_stranger(seen: _Seen) -> Decision | None:
+    """Rule 6: an active key newer than the current one, in no target, not the rotator's."""
+    new_key = seen.new_key
+    newer = [k for k in seen.active if k.id != new_key.id and k.created_at > new_key.created_at]
+    if not newer:
+        return None
+    return Hold(
+        f"active key {show(newer[0])} is newer than the current key, is in no target and was "
+        "not minted by the rotator; revoke it by hand if it is not needed"
+    )
+
+
+def _drain_older(seen: _Seen) -> Decision | None:
+    """Rule 7: an older active key drains after the new key's promotion."""
+    new_key = seen.new_key
+    others = [k for k in seen.active if k.id != new_key.id]
+    if not others:
+        return None
+    if not seen.promoted:
+        return Hold(
+            f"key {show(others[0])} is active beside the adopted current key {show(new_key)}, "
+            "and the rotator never promoted either; revoke it by hand or run `rotator rotate`"
+        )
+    return _drain(seen.obs, new_key, min(others, key=lambda k: k.created_at), min(seen.promoted))
+
+
+def _pending_leftover(seen: _Seen) -> Decision | None:
+    """Rule 8: never mint while a store still holds an unresolved pending version of a live key."""
+    obs, new_key = seen.obs, seen.new_key
+    leftover = [
+        obs.targets[i].name
+        for i, s in enumerate(seen.states)
+        if s.pending is not None
+        and (k := _key_for(obs, s.pending.value, s.pending.stamp)) is not None
+        and k.active
+    ]
+    if not leftover or _due_reason(obs, new_key) is None:
+        return None
+    return Hold(
+        f"{', '.join(leftover)} still hold(s) a pending copy of {show(new_key)} that no promote "
+        "of the rotator accounts for; remove that pending version by hand, then run `rotator apply`"
+    )
+
+
+_OVERLAP_RULES: tuple[Callable[[_Seen], Decision | None], ...] = (
+    _unheld,
+    _no_working_key,
+    _stage_missing,
+    _promote_lagging,
+    _delete_inactive,
+    _newer_stranger,
+    _drain_older,
+    _pending_leftover,
+)
+"""Rules 1-8 of the module docstring, in order; rule 9 (:func:`_steady`) is the rest."""
+
+
+def _decide_overlap(obs: Observation) -> Decision:
+    seen = _Seen.of(obs)
+    for rule in _OVERLAP_RULES:
+        decision = rule(seen)
+        if decision is not None:
+            return decision
+    return _steady(obs, seen.new_key, cutover=False)
 
 
 def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: datetime) -> Decision:
@@ -352,13 +448,11 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
     )
     if obs.now >= ready_at and new_ok:
         used = f"last used {when(last)}" if last else "never used"
-        return Decision(
-            "revoke",
-            "draining",
+        return Revoke(
             f"old key {show(old)} drained: {used}, quiet for {format_duration(policy.drain)} "
             f"after promotion at {when(promoted_at)} + propagation",
-            key_id=old.id,
-            promoted_at=promoted_at,
+            old.id,
+            promoted_at,
         )
     if obs.now >= deadline:
         if last is not None and last > quiet_from:
@@ -368,16 +462,12 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
         else:
             failed = f"old key {show(old)} has not been quiet for {format_duration(policy.drain)}"
         if policy.on_timeout == "revoke":
-            return Decision(
-                "revoke",
-                "draining",
+            return Revoke(
                 f"drain timeout ({format_duration(policy.timeout)}) and on_timeout: revoke; {failed}",
-                key_id=old.id,
-                promoted_at=promoted_at,
+                old.id,
+                promoted_at,
             )
-        return Decision(
-            "hold",
-            "held",
+        return Hold(
             f"drain timeout ({format_duration(policy.timeout)} since {when(promoted_at)}): {failed}; "
             "the old key stays active. Move its consumers and run `rotator apply`, or revoke it by hand",
             key_id=old.id,
@@ -390,8 +480,7 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
         reason = f"old key {show(old)} still in use (last at {when(last)}); waiting for it to drain"
     else:
         reason = f"draining old key {show(old)} until {when(ready_at)}"
-    return Decision(
-        "wait",
+    return Wait(
         phase,
         reason,
         until=min(max(ready_at, obs.now), deadline),
@@ -403,48 +492,93 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
 # --------------------------------------------------------------------------- cutover
 
 
+@dataclass(frozen=True)
+class _Cut:
+    """What the cutover rules share."""
+
+    obs: Observation
+    states: tuple[TargetState, ...]
+    current: VendorKey | None
+    """The vendor's newest active key."""
+
+    @cached_property
+    def holding(self) -> list[StoredVersion]:
+        """The stored versions that are the vendor's current key."""
+        current = self.current
+        if current is None:
+            return []
+        return [v for s in self.states for v in _versions(s) if _matches(self.obs, v.value, current)]
+
+
+def _no_active_key(cut: _Cut) -> Decision | None:
+    """Cutover rule 1: the vendor lists no active key."""
+    if cut.current is not None:
+        return None
+    if any(True for s in cut.states for _ in _versions(s)) or cut.obs.bootstrap is not None:
+        return Hold(_lost_reset_help(cut.obs))
+    return Hold(
+        "a reset-only vendor cannot mint without the current key: put it in a target or give it "
+        "once with `bootstrap: {env: NAME}`"
+    )
+
+
+def _adopt_bootstrap(cut: _Cut) -> Decision | None:
+    """Cutover rule 2: the bootstrap value is the vendor's key and no target holds it."""
+    obs, current = cut.obs, cut.current
+    if current is None or cut.holding or obs.bootstrap is None or not _matches(obs, obs.bootstrap, current):
+        return None
+    everywhere = tuple(range(len(cut.states)))
+    return Stage(
+        "reset",
+        f"adopting {show(current)} from bootstrap",
+        targets=everywhere,
+        revisions=_revisions(list(cut.states), everywhere),
+        version=_stamped(StoredVersion("bootstrap", obs.bootstrap, None), current),
+        key_id=current.id,
+    )
+
+
+def _lost_reset(cut: _Cut) -> Decision | None:
+    """Cutover rule 3: no target holds the vendor's key: a reset's value was lost."""
+    return None if cut.holding else Hold(_lost_reset_help(cut.obs, cut.current))
+
+
+def _stage_lagging(cut: _Cut) -> Decision | None:
+    """Cutover rule 4: stage the vendor's key where it is not current."""
+    current = cut.current
+    assert current is not None  # rule 1
+    version = max(cut.holding, key=lambda v: v.stamp is not None)
+    lagging = tuple(i for i, s in enumerate(cut.states) if not _is_current(s, version.fingerprint))
+    if not lagging:
+        return None
+    return Stage(
+        "reset",
+        f"{show(current)} is not yet current in {len(lagging)} target(s)",
+        targets=lagging,
+        revisions=_revisions(list(cut.states), lagging),
+        version=_stamped(version, current),
+        key_id=current.id,
+    )
+
+
+_CUTOVER_RULES: tuple[Callable[[_Cut], Decision | None], ...] = (
+    _no_active_key,
+    _adopt_bootstrap,
+    _lost_reset,
+    _stage_lagging,
+)
+"""Cutover rules 1-4 of the module docstring, in order; rule 5 (:func:`_steady`) is the rest."""
+
+
 def _decide_cutover(obs: Observation) -> Decision:
-    states = _states(obs)
     active = [k for k in obs.vendor if k.active]
-    if not active:
-        stored = [v for s in states for v in _versions(s)]
-        if stored or obs.bootstrap is not None:
-            return Decision("hold", "held", _lost_reset_help(obs))
-        return Decision(
-            "hold",
-            "held",
-            "a reset-only vendor cannot mint without the current key: put it in a target or give it "
-            "once with `bootstrap: {env: NAME}`",
-        )
-    current = max(active, key=lambda k: k.created_at)
-    holding = [v for s in states for v in _versions(s) if _matches(obs, v.value, current)]
-    if not holding and obs.bootstrap is not None and _matches(obs, obs.bootstrap, current):
-        boot = StoredVersion("bootstrap", obs.bootstrap, None)
-        return Decision(
-            "stage",
-            "reset",
-            f"adopting {show(current)} from bootstrap",
-            targets=tuple(range(len(states))),
-            revisions=_revisions(states, tuple(range(len(states)))),
-            version=_stamped(boot, current),
-            key_id=current.id,
-        )
-    if not holding:
-        return Decision("hold", "held", _lost_reset_help(obs, current))
-    version = max(holding, key=lambda v: v.stamp is not None)
-    fp = version.fingerprint
-    lagging = tuple(i for i, s in enumerate(states) if not _is_current(s, fp))
-    if lagging:
-        return Decision(
-            "stage",
-            "reset",
-            f"{show(current)} is not yet current in {len(lagging)} target(s)",
-            targets=lagging,
-            revisions=_revisions(states, lagging),
-            version=_stamped(version, current),
-            key_id=current.id,
-        )
-    return _steady(obs, current, "reset")
+    cut = _Cut(obs, tuple(_states(obs)), max(active, key=lambda k: k.created_at) if active else None)
+    for rule in _CUTOVER_RULES:
+        decision = rule(cut)
+        if decision is not None:
+            return decision
+    assert cut.current is not None  # rule 1
+    return _steady(obs, cut.current, cutover=True)
 
 
 def _lost_reset_help(obs: Observation, current: VendorKey | None = None) -> str:

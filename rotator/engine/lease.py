@@ -1,6 +1,6 @@
 """One writer per key (DESIGN.md invariant 4): a lease taken before a pass touches a key.
 
-:class:`Lease` is the shape every lease backend has; :class:`FileLease` holds
+:class:`Lease` (in ``rotator.abc``) is the shape every lease backend has; :class:`FileLease` holds
 an exclusive ``flock`` on ``state_dir/locks/<key>.lock``. ``flock`` locks
 belong to the open file description, so a second acquisition conflicts even
 from another thread of the same process, and the kernel drops the lock when
@@ -17,37 +17,18 @@ import json
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
-from rotator.abc import format_time, parse_time
+from rotator.abc import Lease, LeaseInfo, format_time, parse_time
 from rotator.errors import LeaseBusy
 
 _SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_NAME: Final = 120
 
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    """Who holds a key's lease and since when."""
-
-    key: str
-    owner: str
-    acquired_at: datetime
-
-
-class Lease(Protocol):
-    """A per-key mutual exclusion between runners (cron, Lambda, a person)."""
-
-    def acquire(self, key: str) -> AbstractContextManager[LeaseInfo]:
-        """Hold ``key``'s lease for the ``with`` block.
-
-        :raises LeaseBusy: at once, naming the holder, when another runner holds it.
-        """
-        ...
+__all__ = ["FileLease", "Lease", "LeaseInfo", "default_owner", "lock_name"]
 
 
 def default_owner() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rotator.abc import Capabilities, StoredVersion, TargetState, VendorKey
 from rotator.secret import Secret
@@ -86,22 +86,171 @@ class Observation:
     so it is no orphan (a target was renamed or deleted)."""
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The next safe step for one key, and why."""
+class _Step:
+    """What every decision has: its ``action`` (the verb progress lines and ``stop_before``
+    use), its ``phase``, a ``reason`` for people, and ``until`` (when a wait or rest ends)."""
 
-    action: Action
-    phase: Phase
-    reason: str
-    targets: tuple[int, ...] = ()
-    revisions: tuple[str | None, ...] = ()
-    """For a stage: each target's revision as observed, in ``targets`` order."""
-    version: StoredVersion | None = None
-    key_id: str | None = None
-    until: datetime | None = None
-    promoted_at: datetime | None = None
+    action: ClassVar[Action]
+    terminal: ClassVar[bool] = False
+    """True when the pass ends here (nothing more to do now)."""
 
     @property
-    def terminal(self) -> bool:
-        """True when the pass ends here (nothing more to do now)."""
-        return self.action in ("wait", "hold", "fail", "done")
+    def until(self) -> datetime | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Mint(_Step):
+    """Overlap: mint a second key and stage it in the first target."""
+
+    reason: str
+    key_id: str | None = None
+    """The key that is due, if any."""
+    action: ClassVar[Action] = "mint"
+    phase: ClassVar[Phase] = "due"
+
+
+@dataclass(frozen=True)
+class Reset(_Step):
+    """Cutover: reset the vendor's one key (it revokes the old one at once) and write the new
+    one to every target."""
+
+    reason: str
+    key_id: str | None = None
+    action: ClassVar[Action] = "reset"
+    phase: ClassVar[Phase] = "due"
+
+
+@dataclass(frozen=True)
+class Stage(_Step):
+    """Write ``version`` as pending into ``targets`` (cutover: as current at once)."""
+
+    phase: Literal["minted", "reset"]
+    reason: str
+    targets: tuple[int, ...]
+    revisions: tuple[str | None, ...]
+    """Each target's revision as observed, in ``targets`` order: a write since is a conflict."""
+    version: StoredVersion
+    key_id: str
+    action: ClassVar[Action] = "stage"
+
+
+@dataclass(frozen=True)
+class Promote(_Step):
+    """Make the staged ``version`` current in ``targets``, stamped ``promoted_at``."""
+
+    reason: str
+    targets: tuple[int, ...]
+    version: StoredVersion
+    key_id: str
+    promoted_at: datetime
+    action: ClassVar[Action] = "promote"
+    phase: ClassVar[Phase] = "staged"
+
+
+@dataclass(frozen=True)
+class Revoke(_Step):
+    """The old key drained (or timed out with ``on_timeout: revoke``): revoke it, once every
+    target reads the new key back and the vendor accepts it."""
+
+    reason: str
+    key_id: str
+    promoted_at: datetime
+    action: ClassVar[Action] = "revoke"
+    phase: ClassVar[Phase] = "draining"
+
+
+@dataclass(frozen=True)
+class Delete(_Step):
+    """Two-step revoke (IAM): delete a key that has been inactive ``delete_after``, or that
+    holds the second key slot when a rotation is due."""
+
+    reason: str
+    key_id: str
+    action: ClassVar[Action] = "revoke"
+    phase: ClassVar[Phase] = "revoked"
+
+
+@dataclass(frozen=True)
+class RevokeOrphan(_Step):
+    """Revoke a key the rotator minted that was never stored nor used."""
+
+    reason: str
+    key_id: str
+    action: ClassVar[Action] = "revoke"
+    phase: ClassVar[Phase] = "minted"
+
+
+@dataclass(frozen=True)
+class Wait(_Step):
+    """Nothing to do before ``until`` (the drain, or a stop between steps)."""
+
+    phase: Phase
+    reason: str
+    until: datetime | None = None
+    key_id: str | None = None
+    promoted_at: datetime | None = None
+    action: ClassVar[Action] = "wait"
+    terminal: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Hold(_Step):
+    """Stop for a person: acting would break an invariant."""
+
+    reason: str
+    key_id: str | None = None
+    promoted_at: datetime | None = None
+    action: ClassVar[Action] = "hold"
+    phase: ClassVar[Phase] = "held"
+    terminal: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Fail(_Step):
+    """The pass cannot go on (a target unreadable, a step failed)."""
+
+    reason: str
+    action: ClassVar[Action] = "fail"
+    phase: ClassVar[Phase] = "failed"
+    terminal: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class Done(_Step):
+    """At rest: ``key_id`` is current everywhere until it is due at ``until``."""
+
+    reason: str
+    key_id: str
+    until: datetime | None = None
+    action: ClassVar[Action] = "done"
+    phase: ClassVar[Phase] = "current"
+    terminal: ClassVar[bool] = True
+
+
+Decision = Mint | Reset | Stage | Promote | Revoke | Delete | RevokeOrphan | Wait | Hold | Fail | Done
+"""The next safe step for one key, and why: what ``decide`` returns."""
+
+
+# --------------------------------------------------------------------------- orders
+
+
+@dataclass(frozen=True)
+class RevokeLeaked:
+    """An emergency's order (not a decision): revoke the leaked key ``key_id`` now."""
+
+    key_id: str
+    action: ClassVar[Literal["revoke-leaked"]] = "revoke-leaked"
+
+
+@dataclass(frozen=True)
+class Reactivate:
+    """A person's order (``rotator reactivate``): make the deactivated key ``key_id`` active
+    again."""
+
+    key_id: str
+    action: ClassVar[Literal["reactivate"]] = "reactivate"
+
+
+Order = RevokeLeaked | Reactivate
+"""A step a person or the emergency path asks for, taken by ``act`` like any decision."""

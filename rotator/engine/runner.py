@@ -1,12 +1,16 @@
-"""One reconcile pass: for each key, under its lease, observe -> decide -> act (act.py) until the
-decision is to wait, hold, fail or rest. Every step is written to the audit journal."""
+"""One reconcile pass: for each key, under its lease, observe (observe.py) -> decide (decide.py)
+-> act (act.py) until the decision is to wait, hold, fail or rest. Every step is written to the
+audit journal.
+
+Imports go one way: this module wires the three; observe, decide and act import only the
+model (act also decide's naming helper), never this module or each other's state."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -14,19 +18,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Issuer, SecretStore, TargetState, VendorClock, VendorKey
+from rotator.abc import Closeable, Issuer, Lease, Losable, SecretStore
 from rotator.audit import Journal
-from rotator.engine.act import Actor
+from rotator.engine.act import Acted, StepContext
+from rotator.engine.act import act as take_step
 from rotator.engine.decide import decide
-from rotator.engine.lease import FileLease, Lease
-from rotator.engine.model import Decision, Observation, TargetObs, attempt_of
+from rotator.engine.lease import FileLease
+from rotator.engine.model import Decision, Fail, Hold, Mint, Observation, Order, Reset, Wait
+from rotator.engine.observe import ObserveContext, observe
 from rotator.errors import (
     Held,
     LeaseBusy,
     RotatorError,
-    StoreError,
     Transient,
-    VendorAuthError,
 )
 from rotator.secret import Secret
 from rotator.spec import (
@@ -36,15 +40,12 @@ from rotator.spec import (
     KeyRef,
     RotationFile,
     Settings,
-    cron_trigger,
     format_duration,
 )
 
 log = logging.getLogger("rotator.engine")
 
 Outcome = Literal["ok", "waiting", "held", "failed", "busy"]
-_STORED_EVENTS = frozenset({"staged", "promoted", "reset"})
-"""Journal events that mean an attempt's key reached a target."""
 MAX_STEPS = 16
 """Acting steps one key may take in one pass; a rotation needs about six. Waits are not steps."""
 WAIT_MARGIN = timedelta(minutes=10)
@@ -70,6 +71,9 @@ class KeyResult:
     message: str
     steps: list[str] = field(default_factory=list)
     until: datetime | None = None
+    reset_at: float | None = field(default=None, repr=False)
+    """``time.monotonic()`` when the vendor answered this pass's reset (it revoked the old
+    key then); not part of the result people see."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +94,11 @@ def utcnow() -> datetime:
 
 
 def _outcome(d: Decision) -> Outcome:
-    return {"wait": "waiting", "hold": "held", "fail": "failed"}.get(d.action, "ok")  # type: ignore[return-value]
+    if isinstance(d, Wait):
+        return "waiting"
+    if isinstance(d, Hold):
+        return "held"
+    return "failed" if isinstance(d, Fail) else "ok"
 
 
 class Engine:
@@ -122,10 +130,6 @@ class Engine:
         self._stores: dict[str, list[SecretStore]] = {}
         self._issuers: dict[str, Issuer] = {}
         self._credentials: dict[str, Secret] = {}
-        self._actor = Actor(self)
-        self.last_reset: dict[str, float] = {}
-        """Per key, ``time.monotonic()`` when the vendor answered the last reset (a reset
-        revokes the old key at that instant)."""
         self.stopping = threading.Event()
         """Set it (e.g. on SIGTERM) to finish the step in hand and end the pass."""
         self._sleep: Callable[[float], object] = sleep if sleep is not None else self.stopping.wait
@@ -135,9 +139,8 @@ class Engine:
     def close(self) -> None:
         """Close the vendor clients' connections."""
         for issuer in self._issuers.values():
-            close = getattr(issuer, "close", None)
-            if close is not None:
-                close()
+            if isinstance(issuer, Closeable):
+                issuer.close()
         self._issuers.clear()
 
     def __enter__(self) -> Engine:
@@ -224,133 +227,48 @@ class Engine:
             if isinstance(i, AdjudonIssuerSpec) and isinstance(i.credential, KeyRef)
         }
 
-    # ------------------------------------------------------------------ observe
+    # ------------------------------------------------------------------ observe and act
 
     def observe(self, key: str, *, force: bool = False) -> Observation:
-        stores = self.stores(key)
-        with ThreadPoolExecutor(max_workers=max(1, len(stores))) as pool:
-            targets = tuple(pool.map(_read_target, stores))
-        issuer = self.issuer(key)
-        bootstrap = self._bootstrap(key)
-        if issuer.capabilities.overlap:
-            vendor = tuple(issuer.list_keys())
-        else:
-            vendor = self._list_with_stored_key(key, issuer, targets, bootstrap)
-        spec = self.spec.keys[key]
-        newest = max((k.created_at for k in vendor if k.active), default=None)
-        fire = None
-        if spec.schedule and newest is not None:
-            trigger = cron_trigger(spec.schedule)
-            fire = trigger.get_next_fire_time(None, newest + timedelta(microseconds=1))
-        owners: dict[str, tuple[str, ...]] = {}
-        values = [v.value for t in targets if t.state for v in (t.state.current, t.state.pending) if v]
-        for value in [*values, *([bootstrap] if bootstrap else [])]:
-            owners[value.fingerprint] = tuple(k.id for k in vendor if issuer.matches(value, k))
-        rejected = self._probe_adoptions(issuer, targets, owners)
-        now = self.clock()
-        vendor_now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
-        return Observation(
-            clock_offset=None if vendor_now is None else vendor_now - now,
-            stored_attempts=self._stored_attempts(key, vendor, owners),
-            rejected=rejected,
-            owners=owners,
-            delete_after=getattr(self.spec.issuers[spec.issuer], "delete_after", None),
+        """What ``decide`` needs about ``key``, read now (observe.py)."""
+
+        def use_credential(value: Secret | None) -> None:
+            if value is None:
+                self._forget_credential(key)
+            else:
+                self._credentials[key] = value
+
+        ctx = ObserveContext(
             key=key,
-            now=now,
-            vendor=vendor,
-            targets=targets,
-            capabilities=issuer.capabilities,
-            strategy=self.spec.strategy(key),
-            policy=self.spec.verify(key),
-            max_age=self.spec.max_age(key),
-            next_schedule_fire=fire,
-            force=force,
-            bootstrap=bootstrap,
+            spec=self.spec,
+            issuer=self.issuer(key),
+            stores=tuple(self.stores(key)),
+            journal=self.journal,
+            clock=self.clock,
+            bootstrap=self._bootstrap(key),
+            use_credential=use_credential,
+        )
+        return observe(ctx, force=force)
+
+    def step_context(self, key: str, lease: object | None = None) -> StepContext:
+        """What one step of ``key`` may touch (act.py)."""
+        return StepContext(
+            key=key,
+            issuer=self.issuer(key),
+            stores=tuple(self.stores(key)),
+            journal=self.journal,
+            clock=self.clock,
+            settings=self.settings,
+            credential=lambda: self._credential(key),
+            forget_credential=lambda: self._forget_credential(key),
+            lease=lease,
         )
 
-    @staticmethod
-    def _probe_adoptions(
-        issuer: Issuer, targets: Sequence[TargetObs], owners: Mapping[str, tuple[str, ...]]
-    ) -> frozenset[str]:
-        """Probe each unstamped stored value that a vendor key matches by prefix (it would be
-        adopted): one the vendor rejects is broken."""
-        rejected: set[str] = set()
-        for t in targets:
-            for v in (t.state.current, t.state.pending) if t.state else ():
-                fp = v.fingerprint if v is not None else ""
-                if v is None or v.stamp is not None or not owners.get(fp) or fp in rejected:
-                    continue
-                if not issuer.probe(v.value):
-                    rejected.add(fp)
-        return frozenset(rejected)
-
-    def _stored_attempts(
-        self, key: str, vendor: Sequence[VendorKey], owners: Mapping[str, tuple[str, ...]]
-    ) -> frozenset[str]:
-        """The attempts of active keys no target holds that the journal shows stored once."""
-        held = {k for ids in owners.values() for k in ids}
-        unheld = {
-            a for k in vendor if k.active and k.id not in held and (a := attempt_of(key, k))
-        }
-        if not unheld:
-            return frozenset()
-        return frozenset(
-            e["attempt"]
-            for e in self.journal.entries(key)
-            if e.get("event") in _STORED_EVENTS and e.get("attempt") in unheld
-        )
-
-    def _list_with_stored_key(
-        self, key: str, issuer: Issuer, targets: Sequence[TargetObs], bootstrap: Secret | None
-    ) -> tuple[Any, ...]:
-        """A reset vendor is read with the app's own key: try each stored value until one works."""
-        candidates: list[Secret] = []
-        for t in targets:
-            if t.state is not None:
-                for v in (t.state.current, t.state.pending):
-                    if v is not None and v.value not in candidates:
-                        candidates.append(v.value)
-        stored = list(candidates)
-        if bootstrap is not None and bootstrap not in candidates:
-            candidates.append(bootstrap)
-        boot_refused: VendorAuthError | None = None
-        for value in candidates:
-            self._credentials[key] = value
-            try:
-                return tuple(issuer.list_keys())
-            except VendorAuthError as exc:
-                if value == bootstrap:
-                    boot_refused = exc
-                continue
-        self._forget_credential(key)
-        if bootstrap is not None and boot_refused is not None:
-            self._check_bootstrap_refusal(key, bootstrap, boot_refused, stored)
-        return ()
-
-    def _check_bootstrap_refusal(
-        self, key: str, bootstrap: Secret, exc: VendorAuthError, stored: Sequence[Secret]
-    ) -> None:
-        """A refused bootstrap key that was never this key's is a wrong key, not a lost reset:
-        say so (advice to reset in the console would revoke the app's working key)."""
-        if exc.status == 401 and (
-            bootstrap in stored
-            or any(
-                e.get("details", {}).get("fingerprint") == bootstrap.fingerprint
-                for e in self.journal.entries(key)
-            )
-        ):
-            return  # once the app's key, revoked since: decide's lost-reset diagnosis holds
-        spec = self.spec.keys[key]
-        app = getattr(self.spec.issuers[spec.issuer], "app_id", None)
-        whose = f"app {app}" if app else f"issuer {spec.issuer}"
-        answer = {401: "the vendor answered 401: unknown or revoked", None: "not a well-formed key"}.get(
-            exc.status, f"the vendor answered {exc.status}"
-        )
-        env = f"${spec.bootstrap.env}" if spec.bootstrap else "the bootstrap variable"
-        raise RotatorError(
-            f"the bootstrap key is not a key of {whose} ({answer}); "
-            f"set {env} to {whose}'s current key and run `rotator apply` again"
-        )
+    def act(
+        self, key: str, step: Decision | Order, attempt: str | None = None, *, lease: object | None = None
+    ) -> Acted:
+        """Take ``step`` for ``key`` (the caller holds its lease): the one path that writes."""
+        return take_step(self.step_context(key, lease), step, attempt)
 
     # ------------------------------------------------------------------ passes
 
@@ -361,7 +279,7 @@ class Engine:
             try:
                 out.append((key, decide(self.observe(key, force=force))))
             except RotatorError as exc:
-                out.append((key, Decision("fail", "failed", str(exc))))
+                out.append((key, Fail(str(exc))))
         return out
 
     def apply(
@@ -474,61 +392,84 @@ class Engine:
         *,
         wait_timeout: timedelta = timedelta(0),
     ) -> KeyResult:
-        steps: list[str] = []
-        decision = Decision("fail", "failed", "no step taken")
-        give_up = self.clock() + wait_timeout
-        backoff = BACKOFF_FIRST
+        run = _Run(key, force, wait, wait_timeout, self.clock() + wait_timeout)
         while True:
-            if _lease_lost(lease):  # a lease that could not be renewed: another runner may act
-                decision = Decision("fail", "failed", "lost the lease on this key; stopped between steps")
-                break
-            if self.stopping.is_set():
-                decision = Decision(
-                    "wait",
-                    decision.phase if steps or decision.action == "wait" else "current",
-                    "stopped before the next step; the next pass resumes",
-                    until=decision.until,
-                )
+            stop = self._interrupted(run, lease)
+            if stop is not None:
+                run.decision = stop
                 break
             try:
-                obs = self.observe(key, force=force)
-                decision = decide(obs)
-                if progress:
-                    progress(key, decision)
-                if wait and decision.action == "fail" and _unreadable_for_now(obs):
-                    raise _TargetsDown(decision.reason)
-                if decision.action == "wait" and wait:
-                    if self.clock() >= give_up:
-                        decision = _gave_up(key, decision, wait_timeout)
-                        break
-                    backoff = BACKOFF_FIRST
-                    self._sleep_until(decision.until, give_up)
-                    continue
-                if decision.terminal or decision.action in stop_before:
+                if not self._step(run, progress, attempt, stop_before, lease):
                     break
-                if len(steps) >= MAX_STEPS:  # only acting steps count: a wait of any length is none
-                    decision = Decision(
-                        "fail", "failed", f"no rest after {MAX_STEPS} steps; next: {decision.reason}"
-                    )
-                    break
-                self._actor.act(key, decision, attempt)
-                steps.append(decision.action)
-                if decision.action in ("mint", "reset"):
-                    force = False  # a requested rotation is served once
             except Held as exc:
-                decision = Decision("hold", "held", str(exc))
+                run.decision = Hold(str(exc))
                 break
             except RotatorError as exc:
-                decision = Decision("fail", "failed", str(exc))
-                if not (wait and isinstance(exc, Transient) and self._back_off(key, exc, backoff, give_up)):
+                run.decision = Fail(str(exc))
+                if not (wait and isinstance(exc, Transient)):
                     break
-                backoff = min(backoff * 2, BACKOFF_MAX)
-        if decision.action in ("hold", "fail"):
+                if not self._back_off(key, exc, run.backoff, run.give_up):
+                    break
+                run.backoff = min(run.backoff * 2, BACKOFF_MAX)
+        decision = run.decision
+        if isinstance(decision, Hold | Fail):
             self.journal.append(
                 "held" if decision.action == "hold" else "failed", key=key, reason=decision.reason
             )
             log.warning("%s: %s", key, decision.reason, extra={"key": key, "phase": decision.phase})
-        return KeyResult(key, _outcome(decision), decision.phase, decision.reason, steps, decision.until)
+        return KeyResult(
+            key, _outcome(decision), decision.phase, decision.reason, run.steps, decision.until, run.reset_at
+        )
+
+    def _interrupted(self, run: _Run, lease: object | None) -> Decision | None:
+        """Why the pass stops before its next step, if it does."""
+        if _lease_lost(lease):  # a lease that could not be renewed: another runner may act
+            return Fail("lost the lease on this key; stopped between steps")
+        if self.stopping.is_set():
+            last = run.decision
+            return Wait(
+                last.phase if run.steps or isinstance(last, Wait) else "current",
+                "stopped before the next step; the next pass resumes",
+                until=last.until,
+            )
+        return None
+
+    def _step(
+        self,
+        run: _Run,
+        progress: Progress | None,
+        attempt: str | None,
+        stop_before: Collection[str],
+        lease: object | None,
+    ) -> bool:
+        """Observe, decide and (unless the pass ends here) act once; False when the pass ends."""
+        obs = self.observe(run.key, force=run.force)
+        run.decision = decision = decide(obs)
+        if progress:
+            progress(run.key, decision)
+        if run.wait and isinstance(decision, Fail) and _unreadable_for_now(obs):
+            raise _TargetsDown(decision.reason)
+        if isinstance(decision, Wait) and run.wait:
+            if self.clock() >= run.give_up:
+                run.decision = _gave_up(run.key, decision, run.limit)
+                return False
+            run.backoff = BACKOFF_FIRST
+            self._sleep_until(decision.until, run.give_up)
+            return True
+        if decision.terminal or decision.action in stop_before:
+            return False
+        if len(run.steps) >= MAX_STEPS:  # only acting steps count: a wait of any length is none
+            run.decision = Fail(f"no rest after {MAX_STEPS} steps; next: {decision.reason}")
+            return False
+        acted = self.act(run.key, decision, attempt, lease=lease)
+        if acted.reset_at is not None:
+            run.reset_at = acted.reset_at
+        if acted.error is not None:
+            raise acted.error
+        run.steps.append(decision.action)
+        if isinstance(decision, Mint | Reset):
+            run.force = False  # a requested rotation is served once
+        return True
 
     def _back_off(self, key: str, exc: Transient, backoff: float, give_up: datetime) -> bool:
         """``--wait`` rides out what serve's next ticks would (the vendor or a store briefly
@@ -551,6 +492,22 @@ class Engine:
         self._sleep(max(pause, 0.05))
 
 
+@dataclass
+class _Run:
+    """One key's pass in progress."""
+
+    key: str
+    force: bool
+    wait: bool
+    limit: timedelta
+    """``--wait-timeout``."""
+    give_up: datetime
+    backoff: float = BACKOFF_FIRST
+    steps: list[str] = field(default_factory=list)
+    decision: Decision = field(default_factory=lambda: Fail("no step taken"))
+    reset_at: float | None = None
+
+
 class _TargetsDown(Transient):
     """Some targets could not be read, each for a transient reason (e.g. a dropped connection)."""
 
@@ -560,10 +517,9 @@ def _unreadable_for_now(obs: Observation) -> bool:
     return bool(broken) and all(t.transient for t in broken)
 
 
-def _gave_up(key: str, decision: Decision, limit: timedelta) -> Decision:
+def _gave_up(key: str, decision: Wait, limit: timedelta) -> Decision:
     """The ``waiting`` result of a ``--wait`` that reached its ``--wait-timeout``."""
-    return Decision(
-        "wait",
+    return Wait(
         decision.phase,
         f"stopped waiting after {format_duration(limit)} (--wait-timeout); the rotation goes on: "
         f"{decision.reason}; resume with `rotator apply {key} --wait` or let the next pass finish it",
@@ -585,13 +541,4 @@ def make_lease(spec: RotationFile, state_dir: Path) -> Lease:
 
 def _lease_lost(lease: object | None) -> bool:
     """True when a renewable lease (DynamoDB) reports it was lost; file leases cannot be."""
-    lost = getattr(lease, "lost", None)
-    return isinstance(lost, threading.Event) and lost.is_set()
-
-
-def _read_target(store: SecretStore) -> TargetObs:
-    try:
-        state: TargetState = store.read()
-    except StoreError as exc:
-        return TargetObs(store.name, None, str(exc), transient=isinstance(exc, Transient))
-    return TargetObs(store.name, state)
+    return isinstance(lease, Losable) and lease.lost.is_set()

@@ -197,10 +197,11 @@ class AwsIamIssuer:
         return Capabilities(max_active=2, overlap=True, prefix_len=PREFIX_LEN)
 
     def close(self) -> None:
+        from rotator.abc import Closeable
+
         for client in {id(c): c for c in (self._client, self._mint_client)}.values():
-            close = getattr(client, "close", None)
-            if close is not None:
-                close()
+            if isinstance(client, Closeable):
+                client.close()
 
     # -- the Issuer protocol
 
