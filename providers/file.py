@@ -36,6 +36,7 @@ from typing import Any
 
 from providers._json import json_object
 from rotator.abc import Stamp, StoredVersion, TargetState
+from rotator.builtin.stores import FileTarget
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -44,7 +45,6 @@ from rotator.errors import (
     StoreNotFound,
 )
 from rotator.secret import Secret
-from rotator.spec import FileTarget
 
 _PRIVATE = 0o600
 
