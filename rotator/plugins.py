@@ -35,10 +35,17 @@ BUILTIN_DIST = "rotator"
 
 
 @functools.cache
+def _installed() -> dict[str, list[EntryPoint]]:
+    """rotator's groups of every installed distribution, read once (one scan of the metadata)."""
+    every = entry_points()
+    return {group: list(every.select(group=group)) for group in GROUPS}
+
+
+@functools.cache
 def _entry_points(group: str) -> dict[str, EntryPoint]:
     """``type`` -> entry point: the built-ins first (in their declared order), then the other
     distributions' by name. A name registered twice keeps its first (a built-in wins)."""
-    found = list(entry_points(group=group))
+    found = list(_installed()[group])
     found.sort(key=lambda ep: (_dist_name(ep) != BUILTIN_DIST, _dist_name(ep) != BUILTIN_DIST and ep.name))
     out: dict[str, EntryPoint] = {}
     for ep in found:
@@ -95,5 +102,6 @@ def models(group: str, only: typing.Collection[str] | None = None) -> list[type[
 
 def clear_cache() -> None:
     """Forget what was read (a test that installs or removes a distribution calls this)."""
+    _installed.cache_clear()
     _entry_points.cache_clear()
     model.cache_clear()

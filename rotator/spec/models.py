@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from rotator.spec.cron import CRON_FIELDS, check_cron
 from rotator.spec.durations import Duration, format_duration
@@ -117,6 +117,9 @@ class TargetModel(_Model):
 
 
 class KeySpec(_Model):
+    # built once its targets union is (the loader's subclass), not at import
+    model_config = ConfigDict(defer_build=True)
+
     issuer: Name
     kind: Literal["workspace", "agent"] | None = None
     agent_id: Text | None = None
@@ -193,6 +196,9 @@ LeaseSpec = Annotated[FileLeaseSpec | DynamoDBLeaseSpec, Field(discriminator="ty
 
 
 class RotationFile(_Model):
+    # built once its unions are (the loader's subclass), not at import
+    model_config = ConfigDict(defer_build=True)
+
     version: Literal[1]
     state_dir: Text = ".rotator"
     lease: LeaseSpec = FileLeaseSpec()
