@@ -13,8 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml tests/plugins/rotator-example/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# the example plugin, a distribution of its own that the tests find by entry point
+	$(BIN)/python -m pip install --quiet --no-deps -e tests/plugins/rotator-example
 	touch $(STAMP)
 
 $(TOOLS_STAMP): Makefile

@@ -6,7 +6,6 @@ SDKs its targets use (``rotator --help`` and ``rotator emergency`` start fast).
 
 from __future__ import annotations
 
-from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,16 +13,8 @@ if TYPE_CHECKING:
     from rotator.abc import SecretStore
     from rotator.spec import TargetSpec
 
-_MODULES = {
-    "file": "providers.file",
-    "aws": "providers.aws",
-    "vault": "providers.vault",
-    "gcp": "providers.gcp",
-}
-
 
 def open_store(target: TargetSpec, *, base_dir: Path) -> SecretStore:
-    """The store for ``target``; relative file paths resolve against ``base_dir``."""
-    module = import_module(_MODULES[target.type])
-    store: SecretStore = module.open_store(target, base_dir=base_dir)
-    return store
+    """The store for ``target`` (built by the factory its plugin model carries, see
+    :meth:`rotator.spec.TargetModel.open_store`); relative file paths resolve against ``base_dir``."""
+    return target.open_store(base_dir=base_dir)

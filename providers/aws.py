@@ -73,7 +73,7 @@ from rotator.secret import Secret
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager.client import SecretsManagerClient
 
-    from rotator.spec import AwsTarget
+    from rotator.builtin.stores import AwsTarget
 
 CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 TAG_PREFIX = "rotator:"

@@ -35,6 +35,7 @@ from typing import Any
 
 from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState
+from rotator.builtin.stores import FileTarget
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -43,7 +44,6 @@ from rotator.errors import (
     StoreNotFound,
 )
 from rotator.secret import Secret
-from rotator.spec import FileTarget
 
 _PRIVATE = 0o600
 

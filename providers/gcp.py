@@ -50,6 +50,7 @@ from typing import Any
 
 from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState
+from rotator.builtin.stores import GcpTarget
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -60,7 +61,6 @@ from rotator.errors import (
 )
 from rotator.net import is_loopback
 from rotator.secret import Secret, fingerprint
-from rotator.spec import GcpTarget
 
 _PREFIX = "rotator-v"
 _BUDGET = 15 * 1024  # of the service's 16 KiB for all annotations, leaving room for others'

@@ -44,6 +44,7 @@ from typing import Any
 from urllib.parse import quote
 
 from rotator.abc import Stamp, StoredVersion, TargetState
+from rotator.builtin.stores import VaultTarget
 from rotator.errors import (
     ConfigError,
     StoreAccessDenied,
@@ -55,7 +56,6 @@ from rotator.errors import (
 )
 from rotator.net import require_tls
 from rotator.secret import Secret
-from rotator.spec import VaultTarget
 
 _PREFIX = "rotator-v"
 _MAX_KEYS = 64  # custom_metadata limits of Vault and OpenBao

@@ -9,7 +9,7 @@ Protocols that backends implement.
 Both backend Protocols are kept to the few methods every backend can honour. What only
 some backends can do is declared by a small runtime-checkable Protocol of its own
 (:class:`Closeable`, :class:`Retiring`, :class:`Reactivating`, :class:`ChainAuditing`,
-:class:`VendorClock`, :class:`TwoStepRevoke`, :class:`AppScoped`, :class:`Losable`): the
+:class:`VendorClock`, :class:`AppScoped`, :class:`Losable`): the
 engine asks ``isinstance(x, Ability)``, which mypy checks, never ``getattr``. The engine
 (``rotator.engine``) speaks only to these.
 """
@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC as _UTC
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal, Protocol, runtime_checkable
 
 from rotator.secret import Secret
@@ -351,14 +351,6 @@ class ChainAuditing(Protocol):
     exposure window."""
 
     def verify_chain(self, start: datetime | None = None, end: datetime | None = None) -> ChainResult: ...
-
-
-@runtime_checkable
-class TwoStepRevoke(Protocol):
-    """An issuer's configuration whose revoke deactivates first: the key is deleted
-    ``delete_after`` later."""
-
-    delete_after: timedelta
 
 
 @runtime_checkable

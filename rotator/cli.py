@@ -633,14 +633,17 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
 
 
 @cli.command()
-def schema() -> None:
-    """Print the rotation file's JSON Schema, for editors (yaml-language-server and others).
+@click.option("--builtin", is_flag=True, help="Only rotator's own issuers and stores, not plugins'.")
+def schema(builtin: bool) -> None:
+    """Print the rotation file's JSON Schema, for editors (yaml-language-server and others),
+    with the models of every installed plugin.
 
-    The copy in the repository is regenerated with `rotator schema > schema/rotations.schema.json`.
+    The copy in the repository is regenerated with
+    `rotator schema --builtin > schema/rotations.schema.json`.
     """
     from rotator.schema import render
 
-    click.echo(render(), nl=False)
+    click.echo(render(builtin=builtin), nl=False)
 
 
 @cli.command()

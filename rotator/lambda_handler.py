@@ -46,13 +46,13 @@ from pathlib import Path
 from typing import Any
 
 from rotator.abc import StoredVersion, TargetState
+from rotator.builtin.stores import AwsTarget
 from rotator.engine.lease import Lease
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
 from rotator.logs import JsonFormatter, redact
 from rotator.notify import notify
 from rotator.spec import (
-    AwsTarget,
     DynamoDBLeaseSpec,
     RotationFile,
     Settings,

@@ -3,7 +3,8 @@
 Editors (yaml-language-server, JetBrains, VS Code) use it to complete and check rotation
 files. The models stay the source of truth: ``rotator schema`` prints this schema, and the
 copy shipped in ``schema/rotations.schema.json`` is regenerated with
-``rotator schema > schema/rotations.schema.json`` (a test fails while it is stale).
+``rotator schema --builtin > schema/rotations.schema.json`` (a test fails while it is stale);
+without ``--builtin`` it also describes every installed plugin's models.
 
 Where a model accepts a value in a form JSON Schema spells differently, the generator says
 so here once: durations are ``15m``-style strings or seconds (never ISO 8601), and members of
@@ -20,7 +21,8 @@ from typing import Any, Final
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from rotator.spec import RotationFile, format_duration
+from rotator import plugins
+from rotator.spec import format_duration, rotation_model
 
 SCHEMA_ID: Final = "urn:rotator:rotation-file:1"
 """Names the schema (format ``version: 1``); editors locate the file by path or URL instead."""
@@ -75,9 +77,16 @@ def _require_discriminators(schema: dict[str, Any]) -> None:
     walk(schema)
 
 
-def rotation_file_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a rotation file."""
-    body = RotationFile.model_json_schema(mode="validation", schema_generator=_RotationSchema)
+def rotation_file_schema(*, builtin: bool = False) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a rotation file, with every installed plugin's model
+    (``builtin``: rotator's own only, as the shipped copy has them)."""
+    chosen = [
+        [n for n in plugins.names(group) if plugins.distribution(group, n) == plugins.BUILTIN_DIST]
+        if builtin
+        else None
+        for group in (plugins.ISSUERS, plugins.STORES)
+    ]
+    body = rotation_model(*chosen).model_json_schema(mode="validation", schema_generator=_RotationSchema)
     _require_discriminators(body)
     head = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -92,6 +101,6 @@ def rotation_file_schema() -> dict[str, Any]:
     return {**head, **rest, "$defs": body.get("$defs", {})}
 
 
-def render() -> str:
-    """The schema as ``rotator schema`` prints it (and as the shipped file holds it)."""
-    return json.dumps(rotation_file_schema(), indent=2, ensure_ascii=False) + "\n"
+def render(*, builtin: bool = False) -> str:
+    """The schema as ``rotator schema`` prints it (with ``builtin``: as the shipped file holds it)."""
+    return json.dumps(rotation_file_schema(builtin=builtin), indent=2, ensure_ascii=False) + "\n"

@@ -40,7 +40,14 @@ from rotator.errors import (
     VendorUnavailable,
 )
 from rotator.secret import Secret
-from rotator.spec import AwsIamIssuerSpec, KeySpec, Settings, load_rotation_file, parse_rotation_file
+from rotator.spec import (
+    AwsIamIssuerSpec,
+    FileTarget,
+    KeySpec,
+    Settings,
+    load_rotation_file,
+    parse_rotation_file,
+)
 from rotator.vendors import RetryPolicy, make_issuer
 from rotator.vendors.aws_iam import (
     ATTEMPT_TAG,
@@ -263,7 +270,7 @@ class Consumer:
 def test_mint_stores_compact_json_and_tags_the_attempt(world: World) -> None:
     """A minted key is sorted compact JSON, named by a user tag that list_keys reads back."""
     issuer = make_issuer(  # no region: IAM is global
-        world.spec(region=None), KeySpec.model_validate({"issuer": "iam", "targets": [{"type": "file", "path": "x"}]}),
+        world.spec(region=None), KeySpec(issuer="iam", targets=[FileTarget(type="file", path="x")]),
         credential=lambda: Secret("unused"),
     )
     name = f"rotator:{KEY}:{uuid.uuid4()}"
@@ -427,7 +434,7 @@ def test_errors_keep_their_kind_and_name_the_user(world: World) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    key = KeySpec.model_validate({"issuer": "iam", "targets": [{"type": "file", "path": "x"}]})
+    key = KeySpec(issuer="iam", targets=[FileTarget(type="file", path="x")])
     down = make_issuer(world.spec(endpoint_url=closed, timeout="2s"), key,
                        credential=lambda: Secret("unused"), retry=RetryPolicy(attempts=1))
     with pytest.raises(VendorUnavailable, match="cannot reach AWS") as info:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-import rotator.spec
+import rotator.spec.loader
 from rotator.errors import ConfigError
 from rotator.net import require_tls, tls_problem
 from rotator.sandbox.emulator import EmulatorServer
@@ -104,7 +104,7 @@ def test_every_corpus_error_is_the_same_with_the_pure_parser(
     (malformed YAML: the same line; the two parsers word the problem each their own way)."""
     text = _file_text(case[1])
     fast = _error(text)
-    monkeypatch.setattr(rotator.spec, "read_document", PURE)
+    monkeypatch.setattr(rotator.spec.loader, "read_document", PURE)
     pure = _error(text)
     if ": not valid YAML: " in fast:
         fast, pure = fast.split(": not valid YAML: ")[0], pure.split(": not valid YAML: ")[0]

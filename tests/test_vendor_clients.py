@@ -29,7 +29,7 @@ from rotator.errors import (
     VendorUnavailable,
 )
 from rotator.secret import Secret
-from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, KeySpec
+from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, FileTarget, KeySpec
 from rotator.vendors import (
     AdjudonIssuer,
     AdjutorIssuer,
@@ -674,16 +674,16 @@ def test_adjutor_error_status_in_200_is_protocol_error() -> None:
 def test_make_issuer_binds_scopes() -> None:
     """make_issuer picks the client and scope from the issuer and key specs."""
     adj = AdjudonIssuerSpec(type="adjudon", base_url=BASE, credential={"env": "X"})  # type: ignore[arg-type]
-    ws = make_issuer(adj, KeySpec(issuer="adjudon-prod", targets=[{"type": "file", "path": "a"}]),  # type: ignore[list-item]
+    ws = make_issuer(adj, KeySpec(issuer="adjudon-prod", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
                      credential=lambda: Secret(WS_KEY))
     agent = make_issuer(
         adj, KeySpec(issuer="adjudon-prod", kind="agent", agent_id="payments",
-                     targets=[{"type": "file", "path": "a"}]),  # type: ignore[list-item]
+                     targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
         credential=lambda: Secret(WS_KEY),
     )
     app = make_issuer(
         AdjutorIssuerSpec(type="adjutor", base_url="https://adjutor.test", app_id="app_1"),
-        KeySpec(issuer="lendsqr", targets=[{"type": "file", "path": "a"}]),  # type: ignore[list-item]
+        KeySpec(issuer="lendsqr", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
         credential=lambda: Secret(APP_KEY),
     )
     assert [i.name for i in (ws, agent, app)] == [
@@ -694,5 +694,5 @@ def test_make_issuer_binds_scopes() -> None:
         # validate refuses it already; the client checks again for specs built in code
         make_issuer(AdjudonIssuerSpec(type="adjudon", credential={"env": "X"})  # type: ignore[arg-type]
                     .model_copy(update={"base_url": "http://api.adjudon.com"}),
-                    KeySpec(issuer="a", targets=[{"type": "file", "path": "a"}]),  # type: ignore[list-item]
+                    KeySpec(issuer="a", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
                     credential=lambda: Secret(WS_KEY))

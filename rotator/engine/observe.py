@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rotator.abc import AppScoped, Issuer, SecretStore, TargetState, TwoStepRevoke, VendorClock, VendorKey
+from rotator.abc import AppScoped, Issuer, SecretStore, TargetState, VendorClock, VendorKey
 from rotator.audit import Journal
 from rotator.engine.model import Observation, TargetObs, attempt_of
 from rotator.errors import RotatorError, StoreError, Transient, VendorAuthError
@@ -66,7 +66,7 @@ def observe(ctx: ObserveContext, *, force: bool = False) -> Observation:
         stored_attempts=_stored_attempts(ctx, vendor, owners),
         rejected=rejected,
         owners=owners,
-        delete_after=issuer_spec.delete_after if isinstance(issuer_spec, TwoStepRevoke) else None,
+        delete_after=issuer_spec.revoke_delay(),
         key=key,
         now=now,
         vendor=vendor,

@@ -34,10 +34,7 @@ from rotator.errors import (
 )
 from rotator.secret import Secret
 from rotator.spec import (
-    AdjudonIssuerSpec,
-    AdjutorIssuerSpec,
     EnvRef,
-    KeyRef,
     RotationFile,
     Settings,
     format_duration,
@@ -182,22 +179,17 @@ class Engine:
 
     def _credential(self, key: str) -> Secret:
         """The management credential for ``key``'s issuer (for reset vendors: the key itself)."""
-        issuer_spec = self.spec.issuers[self.spec.keys[key].issuer]
-        if isinstance(issuer_spec, AdjutorIssuerSpec):
-            ref = key
-        elif not isinstance(issuer_spec, AdjudonIssuerSpec):
+        source = self.spec.issuers[self.spec.keys[key].issuer].management_credential(key)
+        if source is None:
             raise RotatorError(f"issuer {self.spec.keys[key].issuer}: uses the SDK's credentials, not a key")
-        elif isinstance(issuer_spec.credential, EnvRef):
-            name = issuer_spec.credential.env
-            value = os.environ.get(name)
+        if isinstance(source, EnvRef):
+            value = os.environ.get(source.env)
             if not value:
                 raise RotatorError(
-                    f"issuer {self.spec.keys[key].issuer}: environment variable {name} is not set"
+                    f"issuer {self.spec.keys[key].issuer}: environment variable {source.env} is not set"
                 )
             return Secret(value)
-        else:
-            assert isinstance(issuer_spec.credential, KeyRef)
-            ref = issuer_spec.credential.key
+        ref = source.key
         if ref not in self._credentials:
             for store in self.stores(ref):
                 state = store.read()
@@ -221,11 +213,7 @@ class Engine:
 
     def credential_keys(self) -> set[str]:
         """Keys that are some issuer's management credential: rotated after the others."""
-        return {
-            i.credential.key
-            for i in self.spec.issuers.values()
-            if isinstance(i, AdjudonIssuerSpec) and isinstance(i.credential, KeyRef)
-        }
+        return {ref for i in self.spec.issuers.values() if (ref := i.credential_key()) is not None}
 
     # ------------------------------------------------------------------ observe and act
 

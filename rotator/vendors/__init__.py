@@ -15,9 +15,9 @@ from collections.abc import Callable
 import httpx
 
 from rotator.abc import Issuer
-from rotator.errors import ConfigError, VendorOutcomeUnknown
+from rotator.errors import VendorOutcomeUnknown
 from rotator.secret import Secret
-from rotator.spec import AdjudonIssuerSpec, AdjutorIssuerSpec, AwsIamIssuerSpec, IssuerSpec, KeySpec
+from rotator.spec import IssuerSpec, KeySpec
 from rotator.vendors._http import RetryPolicy
 from rotator.vendors.adjudon import AdjudonIssuer, ChainReport, ChainStatus
 from rotator.vendors.adjutor import AdjutorIssuer
@@ -41,27 +41,10 @@ def make_issuer(
     http: httpx.Client | None = None,
     retry: RetryPolicy | None = None,
 ) -> Issuer:
-    """The issuer for ``key``, bound to its scope; named after ``key.issuer``.
+    """The issuer for ``key``, bound to its scope; named after ``key.issuer``: built by the
+    factory the issuer's plugin model carries (:meth:`rotator.spec.IssuerModel.make_issuer`).
 
     ``credential`` is called for every request: the workspace key for Adjudon,
     the app's current key for Adjútor. IAM uses the SDK's credential chain instead.
     """
-    if isinstance(spec, AwsIamIssuerSpec):
-        from rotator.vendors.aws_iam import open_issuer
-
-        return open_issuer(key.issuer, spec, retry=retry)
-    timeout = spec.timeout.total_seconds()
-    if isinstance(spec, AdjudonIssuerSpec):
-        kind = key.kind or ("agent" if key.agent_id else "workspace")
-        return AdjudonIssuer(
-            key.issuer, spec.base_url, kind=kind, agent_id=key.agent_id,
-            credential=credential, timeout=timeout, http=http, retry=retry,
-        )
-    if isinstance(spec, AdjutorIssuerSpec):
-        if key.kind is not None:
-            raise ConfigError(f"{key.issuer}: adjutor keys have no kind")
-        return AdjutorIssuer(
-            key.issuer, spec.base_url, app_id=spec.app_id, credential=credential,
-            timeout=timeout, http=http, retry=retry,
-        )
-    raise ConfigError(f"{key.issuer}: no client for issuer type {spec.type!r}")
+    return spec.make_issuer(key, credential=credential, http=http, retry=retry)

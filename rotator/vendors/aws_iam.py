@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from mypy_boto3_iam.client import IAMClient
     from mypy_boto3_sts.client import STSClient
 
-    from rotator.spec import AwsIamIssuerSpec
+    from rotator.builtin.issuers import AwsIamIssuerSpec
     from rotator.vendors._http import RetryPolicy
 
 log = logging.getLogger("rotator.vendors")
