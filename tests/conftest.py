@@ -13,6 +13,7 @@ import pytest
 from rotator.sandbox.emulator import EmulatorServer
 
 pytest_plugins = [
+    "tests.harnesses.memory",
     "tests.harnesses.file",
     "tests.harnesses.aws",
     "tests.harnesses.vault",
