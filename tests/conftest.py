@@ -13,6 +13,8 @@ import pytest
 from rotator.sandbox.emulator import EmulatorServer
 
 pytest_plugins = [
+    "pytester",
+    "tests.openbao",
     "tests.harnesses.memory",
     "tests.harnesses.file",
     "tests.harnesses.aws",
