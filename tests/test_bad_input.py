@@ -10,7 +10,6 @@ target holding a key the vendor accepts, no orphan left active after the next cl
 from __future__ import annotations
 
 import json
-import logging
 import re
 import socket
 import sys
@@ -25,12 +24,12 @@ from typing import Any
 import pytest
 
 from rotator.abc import SecretStore, Stamp, TargetState
-from rotator.cli import main
 from rotator.engine.runner import Engine
 from rotator.sandbox.emulator import Emulator, Response
 from rotator.secret import Secret
 from rotator.spec import Settings, load_rotation_file
 from tests.chaos.invariants import RAW_KEY
+from tests.conftest import Outcome
 
 ADMIN_ENV = "BAD_INPUT_ADMIN_KEY"
 TARGET = "{type: file, path: secrets/a.env, format: dotenv, field: ADJUDON_API_KEY}"
@@ -53,44 +52,6 @@ keys:
     targets:
       - {TARGET}
 """
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """Run the real command line in this process; returns its exit code and both streams."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    # the session's moto server runs in this process: its request log is not the CLI's output
-    werkzeug = logging.getLogger("werkzeug")
-    werkzeug_level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-
-    def run(*args: str) -> Outcome:
-        capsys.readouterr()
-        try:
-            main(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        else:
-            code = 0
-        captured = capsys.readouterr()
-        return Outcome(code, captured.out, captured.err)
-
-    yield run
-    root.handlers[:], _ = saved
-    root.setLevel(saved[1])
-    werkzeug.setLevel(werkzeug_level)
 
 
 def assert_one_clear_error(result: Outcome, *fragments: str, code: int) -> None:

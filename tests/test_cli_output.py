@@ -22,13 +22,10 @@ from rotator.audit import Journal
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.scheduler import Daemon, serve_http
 from rotator.spec import Settings
-from tests import test_bad_input
 from tests.chaos.invariants import RAW_KEY
 from tests.conftest import run_cli
 from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
 from tests.test_bad_input import BASE, assert_one_clear_error
-
-cli = test_bad_input.cli  # the bad-input corpus's fixture: the real CLI in this process
 
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
