@@ -20,6 +20,7 @@ import pytest
 
 from rotator.cli import main
 from rotator.sandbox.emulator import EmulatorServer
+from tests.e2e_helpers import ADMIN_ENV
 
 pytest_plugins = [
     "pytester",
@@ -37,6 +38,14 @@ def emulator() -> Iterator[EmulatorServer]:
     """A fresh vendor emulator on a free loopback port."""
     with EmulatorServer() as server:
         yield server
+
+
+@pytest.fixture
+def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The emulator's workspace admin key, in ``ADMIN_ENV`` as the rotation files name it."""
+    key = emulator.emulator.bootstrap_workspace_key()
+    monkeypatch.setenv(ADMIN_ENV, key)
+    return key
 
 
 def run_cli(

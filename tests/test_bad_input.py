@@ -30,6 +30,7 @@ from rotator.secret import Secret
 from rotator.spec import Settings, load_rotation_file
 from tests.chaos.invariants import RAW_KEY
 from tests.conftest import Outcome
+from tests.e2e_helpers import adjudon_issuer, rotation_yaml, write_rotation_file
 
 ADMIN_ENV = "BAD_INPUT_ADMIN_KEY"
 TARGET = "{type: file, path: secrets/a.env, format: dotenv, field: ADJUDON_API_KEY}"
@@ -665,25 +666,12 @@ def vendor(monkeypatch: pytest.MonkeyPatch) -> Iterator[GarbageVendor]:
 
 
 def write_spec(tmp: Path, url: str, targets: list[str] = FILE_TARGETS) -> str:
-    (tmp / "secrets").mkdir(exist_ok=True)
-    rows = "\n".join(f"      - {t}" for t in targets)
-    path = tmp / "rotations.yaml"
-    path.write_text(f"""\
-version: 1
-state_dir: state
-defaults:
-  verify: {{drain: 0s, propagation: 0s, timeout: 60s}}
-issuers:
-  emu: {{type: adjudon, base_url: "{url}", credential: {{env: {ADMIN_ENV}}}}}
-keys:
-  payments:
-    issuer: emu
-    kind: agent
-    agent_id: payments
-    targets:
-{rows}
-""")
-    return str(path)
+    text = rotation_yaml(
+        defaults={"verify": "{drain: 0s, propagation: 0s, timeout: 60s}"},
+        issuers={"emu": adjudon_issuer(url, ADMIN_ENV)},
+        keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": targets}},
+    )
+    return str(write_rotation_file(tmp, text))
 
 
 def stored(tmp: Path) -> dict[str, bytes]:
