@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,73 @@ from typing import Any
 from rotator.sandbox.emulator import EmulatorServer
 
 ADMIN_ENV = "E2E_ADJUDON_ADMIN_KEY"
+
+
+Fields = Mapping[str, str | Sequence[str]]
+
+
+def rotation_yaml(
+    *,
+    issuers: Mapping[str, str | Mapping[str, str]],
+    keys: Mapping[str, Fields],
+    defaults: Mapping[str, str] | None = None,
+    state_dir: str | None = "state",
+    extra: str = "",
+) -> str:
+    """The text of a rotation file (``version: 1``), the one builder the tests share.
+
+    An issuer is a YAML flow mapping (``{type: adjudon, ...}``) or a mapping of its fields,
+    written as a block. A key is a mapping of its fields; a sequence (its ``targets``) is
+    written as a block list, one flow mapping a line. ``extra`` (top-level sections such as
+    ``notify:``) is appended as it is.
+    """
+    lines = ["version: 1"]
+    if state_dir is not None:
+        lines.append(f"state_dir: {state_dir}")
+    if defaults:
+        lines += ["defaults:", *(f"  {name}: {value}" for name, value in defaults.items())]
+    lines.append("issuers:")
+    for name, issuer in issuers.items():
+        if isinstance(issuer, str):
+            lines.append(f"  {name}: {issuer}")
+        else:
+            lines += [f"  {name}:", *(f"    {field}: {value}" for field, value in issuer.items())]
+    lines.append("keys:")
+    for name, fields in keys.items():
+        lines.append(f"  {name}:")
+        for field, value in fields.items():
+            if isinstance(value, str):
+                lines.append(f"    {field}: {value}")
+            else:
+                lines += [f"    {field}:", *(f"      - {item}" for item in value)]
+    return "\n".join(lines) + "\n" + extra
+
+
+def write_rotation_file(tmp: Path, text: str, *, secrets: bool = True) -> Path:
+    """``text`` as ``rotations.yaml`` in ``tmp`` (and a ``secrets/`` folder for file targets)."""
+    if secrets:
+        (tmp / "secrets").mkdir(exist_ok=True)
+    path = tmp / "rotations.yaml"
+    path.write_text(text)
+    return path
+
+
+def adjudon_issuer(url: str, env: str = ADMIN_ENV) -> str:
+    """An Adjudon issuer over the emulator, its admin key read from ``env``."""
+    return f'{{type: adjudon, base_url: "{url}", credential: {{env: {env}}}}}'
+
+
+def adjutor_app_yaml(
+    url: str, app_id: str, targets: Sequence[str], *, state_dir: str | None = "state", extra: str = "",
+    **fields: str,
+) -> str:
+    """One Adjútor app key ``app`` (issuer ``lendsqr``, the emulator at ``url``) in ``targets``."""
+    return rotation_yaml(
+        issuers={"lendsqr": f'{{type: adjutor, base_url: "{url}", app_id: {app_id}}}'},
+        keys={"app": {"issuer": "lendsqr", **fields, "targets": targets}},
+        state_dir=state_dir,
+        extra=extra,
+    )
 
 
 def write_spec(
@@ -26,33 +94,17 @@ def write_spec(
 ) -> Path:
     """A rotation file with one agent key fanned out to ``targets`` file targets."""
     rows = [
-        "      - {type: file, path: secrets/a.env, format: dotenv, field: ADJUDON_API_KEY}",
-        "      - {type: file, path: secrets/b.json, format: json, field: api_key}",
-        "      - {type: file, path: secrets/c.key}",
+        "{type: file, path: secrets/a.env, format: dotenv, field: ADJUDON_API_KEY}",
+        "{type: file, path: secrets/b.json, format: json, field: api_key}",
+        "{type: file, path: secrets/c.key}",
     ][:targets]
-    text = f"""\
-version: 1
-state_dir: state
-defaults:
-  max_age: {max_age}
-  verify: {{drain: {drain}, propagation: {propagation}, timeout: {timeout}}}
-issuers:
-  emu:
-    type: adjudon
-    base_url: {server.url}
-    credential: {{env: {ADMIN_ENV}}}
-keys:
-  payments:
-    issuer: emu
-    kind: agent
-    agent_id: payments
-    targets:
-{chr(10).join(rows)}
-{extra}"""
-    (tmp / "secrets").mkdir(exist_ok=True)
-    path = tmp / "rotations.yaml"
-    path.write_text(text)
-    return path
+    text = rotation_yaml(
+        defaults={"max_age": max_age, "verify": f"{{drain: {drain}, propagation: {propagation}, timeout: {timeout}}}"},
+        issuers={"emu": {"type": "adjudon", "base_url": server.url, "credential": f"{{env: {ADMIN_ENV}}}"}},
+        keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": rows}},
+        extra=extra,
+    )
+    return write_rotation_file(tmp, text)
 
 
 def read_dotenv_key(path: Path) -> str | None:

@@ -1,6 +1,6 @@
 """What each store backend gives the one contract suite (``tests/test_store_contract.py``).
 
-Every backend (file, aws, vault, gcp) has a module in ``tests/harnesses/`` that
+Every backend (memory, file, aws, vault, gcp) has a module in ``tests/harnesses/`` that
 defines a pytest fixture named ``<backend>_harness`` returning an object of this
 shape. The contract suite is then run unchanged against all of them.
 """
@@ -14,7 +14,7 @@ from rotator.abc import SecretStore
 
 class StoreHarness(Protocol):
     name: str
-    """Backend name: file, aws, vault or gcp."""
+    """Backend name: memory, file, aws, vault or gcp."""
 
     def make_store(self, *, field: str | None = None) -> SecretStore:
         """A store pointing at a fresh secret that does not exist yet (a unique name).

@@ -9,24 +9,18 @@ import pytest
 
 from rotator.sandbox.emulator import EmulatorServer
 from tests.conftest import run_cli
+from tests.e2e_helpers import adjutor_app_yaml, write_rotation_file
 
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "2"}
 BOOT_ENV = "E2E_LENDSQR_KEY"
 
 
 def _spec(tmp_path: Path, emulator: EmulatorServer, app_id: str) -> None:
+    text = adjutor_app_yaml(
+        emulator.url, app_id, ["{type: file, path: secrets/app.key}"], bootstrap=f"{{env: {BOOT_ENV}}}"
+    )
     (tmp_path / "secrets").mkdir()
-    (tmp_path / "rotations.yaml").write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: {app_id}}}
-keys:
-  app:
-    issuer: lendsqr
-    bootstrap: {{env: {BOOT_ENV}}}
-    targets: [{{type: file, path: secrets/app.key}}]
-""")
+    write_rotation_file(tmp_path, text)
 
 
 def _resets(emulator: EmulatorServer) -> list[object]:

@@ -20,6 +20,7 @@ SHORT_ROTATIONS = ChaosConfig().rotations
 
 
 @pytest.mark.slow
+@pytest.mark.openbao
 @pytest.mark.timeout(240)
 def test_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:
     """Six keys rotate under kills, crash hooks, vendor and store faults and an OpenBao restart: all zeros."""

@@ -22,13 +22,18 @@ from rotator.audit import Journal
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.scheduler import Daemon, serve_http
 from rotator.spec import Settings
-from tests import test_bad_input
 from tests.chaos.invariants import RAW_KEY
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
+from tests.e2e_helpers import (
+    ADMIN_ENV,
+    adjutor_app_yaml,
+    agent_keys,
+    journal,
+    read_dotenv_key,
+    write_rotation_file,
+    write_spec,
+)
 from tests.test_bad_input import BASE, assert_one_clear_error
-
-cli = test_bad_input.cli  # the bad-input corpus's fixture: the real CLI in this process
 
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -467,19 +472,10 @@ def test_cutover_window_is_printed(tmp_path: Path, emulator: EmulatorServer, cli
     raw = emulator.emulator.create_app("app_9")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    spec = tmp_path / "rotations.yaml"
-    spec.write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_9}}
-keys:
-  app:
-    issuer: lendsqr
-    targets:
-      - {{type: file, path: secrets/app.key}}
-      - {{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}}
-""")
+    spec = write_rotation_file(tmp_path, adjutor_app_yaml(emulator.url, "app_9", [
+        "{type: file, path: secrets/app.key}",
+        "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
+    ]))
     assert cli("-f", str(spec), "apply").code == 0
     rotated = cli("-f", str(spec), "rotate", "app")
     assert rotated.code == 0, rotated.err

@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
-
 from rotator.engine.runner import Engine
 from rotator.sandbox.demo import Consumer
 from rotator.sandbox.emulator import EmulatorServer
@@ -14,21 +12,16 @@ from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
+    adjutor_app_yaml,
     agent_keys,
     journal,
     read_dotenv_key,
     read_json_key,
+    write_rotation_file,
     write_spec,
 )
 
 FAST = Settings(retry_initial=0.01, probe_timeout=5)
-
-
-@pytest.fixture
-def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    key = emulator.emulator.bootstrap_workspace_key()
-    monkeypatch.setenv(ADMIN_ENV, key)
-    return key
 
 
 def _engine(path: Path) -> Engine:
@@ -90,19 +83,10 @@ def test_cutover_rotation_on_reset_vendor(tmp_path: Path, emulator: EmulatorServ
     raw = emulator.emulator.create_app("app_9")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    spec = tmp_path / "rotations.yaml"
-    spec.write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_9}}
-keys:
-  app:
-    issuer: lendsqr
-    targets:
-      - {{type: file, path: secrets/app.key}}
-      - {{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}}
-""")
+    spec = write_rotation_file(tmp_path, adjutor_app_yaml(emulator.url, "app_9", [
+        "{type: file, path: secrets/app.key}",
+        "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
+    ]))
     engine = _engine(spec)
     adopt = engine.apply(["app"])[0]
     assert (adopt.outcome, adopt.steps) == ("ok", ["stage"])

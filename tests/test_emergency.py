@@ -16,7 +16,16 @@ from rotator.sandbox.demo import Consumer
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, read_json_key, write_spec
+from tests.e2e_helpers import (
+    ADMIN_ENV,
+    adjutor_app_yaml,
+    agent_keys,
+    journal,
+    read_dotenv_key,
+    read_json_key,
+    write_rotation_file,
+    write_spec,
+)
 
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
 
@@ -101,15 +110,8 @@ def test_emergency_on_reset_vendor(tmp_path: Path, emulator: EmulatorServer) -> 
     """On a reset vendor the emergency is an immediate reset; the leaked key answers 401."""
     raw = emulator.emulator.create_app("app_5")
     (tmp_path / "app.key").write_text(raw + "\n")
-    (tmp_path / "rotations.yaml").write_text(f"""\
-version: 1
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_5}}
-keys:
-  app:
-    issuer: lendsqr
-    targets: [{{type: file, path: app.key}}]
-""")
+    text = adjutor_app_yaml(emulator.url, "app_5", ["{type: file, path: app.key}"], state_dir=None)
+    write_rotation_file(tmp_path, text, secrets=False)
     proc = run_cli("emergency", "app", "--reason", "leak", "--output", "json", cwd=tmp_path, env=FAST_ENV)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)

@@ -14,7 +14,15 @@ from rotator.engine.runner import Engine
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
+from tests.e2e_helpers import (
+    ADMIN_ENV,
+    adjutor_app_yaml,
+    agent_keys,
+    journal,
+    read_dotenv_key,
+    write_rotation_file,
+    write_spec,
+)
 
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
 FAST = Settings(retry_initial=0.01, probe_timeout=5)
@@ -34,16 +42,8 @@ def _reset_app(tmp_path: Path, emulator: EmulatorServer, app_id: str) -> str:
     """A rotation file with one Adjútor app key in ``app.key``; returns the app's raw key."""
     raw = emulator.emulator.create_app(app_id)
     (tmp_path / "app.key").write_text(raw + "\n")
-    (tmp_path / "rotations.yaml").write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: {app_id}}}
-keys:
-  app:
-    issuer: lendsqr
-    targets: [{{type: file, path: app.key}}]
-""")
+    text = adjutor_app_yaml(emulator.url, app_id, ["{type: file, path: app.key}"])
+    write_rotation_file(tmp_path, text, secrets=False)
     return raw
 
 

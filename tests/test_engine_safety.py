@@ -30,37 +30,27 @@ from rotator.secret import Secret
 from rotator.spec import Settings, VerifyPolicy, load_rotation_file
 from rotator.vendors import make_issuer
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
+from tests.e2e_helpers import (
+    ADMIN_ENV,
+    adjutor_app_yaml,
+    agent_keys,
+    journal,
+    read_dotenv_key,
+    write_rotation_file,
+    write_spec,
+)
 from tests.harnesses.vault import OpenBaoServer
 
 FAST = Settings(retry_initial=0.01, probe_timeout=2)
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "2"}
 
 
-@pytest.fixture
-def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    key = emulator.emulator.bootstrap_workspace_key()
-    monkeypatch.setenv(ADMIN_ENV, key)
-    return key
-
-
 def _engine(path: Path, **kw: Any) -> Engine:
     return Engine(load_rotation_file(path), base_dir=path.parent, settings=FAST, **kw)
 
 
-def _app_spec(tmp_path: Path, emulator: EmulatorServer, app_id: str, targets: str) -> Path:
-    path = tmp_path / "rotations.yaml"
-    path.write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: {app_id}}}
-keys:
-  app:
-    issuer: lendsqr
-    targets:
-{targets}""")
-    return path
+def _app_spec(tmp_path: Path, emulator: EmulatorServer, app_id: str, targets: list[str]) -> Path:
+    return write_rotation_file(tmp_path, adjutor_app_yaml(emulator.url, app_id, targets), secrets=False)
 
 
 # --------------------------------------------------------------------------- issue 10 item 2
@@ -210,9 +200,11 @@ def test_cutover_store_failure_after_reset_reaches_healthy_targets(
         tmp_path,
         emulator,
         "app_3",
-        "      - {type: file, path: secrets/app.key}\n"
-        f'      - {{type: vault, url: "{openbao_server.url}", mount: secret, path: "{secret}", '
-        "field: api_key, auth: {token_env: SAFETY_VAULT_TOKEN}}\n",
+        [
+            "{type: file, path: secrets/app.key}",
+            f'{{type: vault, url: "{openbao_server.url}", mount: secret, path: "{secret}", '
+            "field: api_key, auth: {token_env: SAFETY_VAULT_TOKEN}}",
+        ],
     )
 
     def in_vault() -> str:
@@ -250,7 +242,7 @@ def test_cutover_with_no_store_left_after_reset_holds_loudly(
     raw = emulator.emulator.create_app("app_4")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    path = _app_spec(tmp_path, emulator, "app_4", "      - {type: file, path: secrets/app.key}\n")
+    path = _app_spec(tmp_path, emulator, "app_4", ["{type: file, path: secrets/app.key}"])
     with _engine(path) as engine, faults.hooked("after-reset", _break_dir(tmp_path / "secrets")):
         result = engine.apply(["app"], force=True)[0]
     assert result.outcome == "held", result
@@ -487,7 +479,7 @@ def test_malformed_reset_answer_holds_exit_3(tmp_path: Path, emulator: EmulatorS
     the vendor already revoked the old key."""
     raw = emulator.emulator.create_app("app_11")
     (tmp_path / "app.key").write_text(raw + "\n")
-    path = _app_spec(tmp_path, emulator, "app_11", "      - {type: file, path: app.key}\n")
+    path = _app_spec(tmp_path, emulator, "app_11", ["{type: file, path: app.key}"])
     corrupt = _CorruptReset()
     with _engine(path, issuer_factory=_issuers_over(corrupt)) as engine:
         result = engine.apply(["app"], force=True)[0]

@@ -25,7 +25,15 @@ from rotator.engine.runner import Engine
 from rotator.engine.status import describe
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import GcpTarget, Settings, TargetSpec, load_rotation_file
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key
+from tests.e2e_helpers import (
+    ADMIN_ENV,
+    adjudon_issuer,
+    agent_keys,
+    journal,
+    read_dotenv_key,
+    rotation_yaml,
+    write_rotation_file,
+)
 from tests.fakes.gcp_secret_manager import FakeSecretManager
 from tests.harnesses.vault import OpenBaoServer
 
@@ -91,26 +99,17 @@ def world(
     }.items():
         monkeypatch.setenv(name, value)
     suffix = tmp_path.name[-12:].replace("_", "-")
-    (tmp_path / "secrets").mkdir()
-    path = tmp_path / "rotations.yaml"
-    path.write_text(f"""\
-version: 1
-state_dir: state
-defaults:
-  verify: {{drain: 1s, propagation: 1s, timeout: 60s}}
-issuers:
-  emu: {{type: adjudon, base_url: "{emulator.url}", credential: {{env: {ADMIN_ENV}}}}}
-keys:
-  payments:
-    issuer: emu
-    kind: agent
-    agent_id: payments
-    targets:
-      - {{type: file, path: secrets/payments.env, format: dotenv, field: ADJUDON_API_KEY}}
-      - {{type: aws, secret_id: "fanout/{suffix}", region: us-east-1, endpoint_url: "{moto_server}", field: ADJUDON_API_KEY}}
-      - {{type: vault, url: "{openbao_server.url}", mount: secret, path: "fanout/{suffix}", field: api_key}}
-      - {{type: gcp, project: p, secret: "fanout-{suffix}", endpoint: "{gcp_server.address}", consumers_read: alias}}
-""")
+    targets = [
+        "{type: file, path: secrets/payments.env, format: dotenv, field: ADJUDON_API_KEY}",
+        f'{{type: aws, secret_id: "fanout/{suffix}", region: us-east-1, endpoint_url: "{moto_server}", field: ADJUDON_API_KEY}}',
+        f'{{type: vault, url: "{openbao_server.url}", mount: secret, path: "fanout/{suffix}", field: api_key}}',
+        f'{{type: gcp, project: p, secret: "fanout-{suffix}", endpoint: "{gcp_server.address}", consumers_read: alias}}',
+    ]
+    path = write_rotation_file(tmp_path, rotation_yaml(
+        defaults={"verify": "{drain: 1s, propagation: 1s, timeout: 60s}"},
+        issuers={"emu": adjudon_issuer(emulator.url)},
+        keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": targets}},
+    ))
     sm = boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
     vault = openbao_server.client()
     gcp = gcp_server.client()

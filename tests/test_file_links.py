@@ -24,13 +24,6 @@ FAST = Settings(retry_initial=0.01, probe_timeout=5)
 CANARY = f"cny{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture
-def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    key = emulator.emulator.bootstrap_workspace_key()
-    monkeypatch.setenv(ADMIN_ENV, key)
-    return key
-
-
 def _linked(tmp_path: Path, name: str = "a.env") -> tuple[Path, Path]:
     """``secrets/NAME`` as a relative link to ``elsewhere/app.env`` (not created here)."""
     (tmp_path / "secrets").mkdir(exist_ok=True)

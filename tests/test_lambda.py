@@ -34,7 +34,7 @@ from rotator.lambda_handler import (
 )
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import AwsTarget, load_rotation_file, parse_rotation_file
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key
+from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, rotation_yaml
 
 REGION = "us-east-1"
 SCHEDULED = {
@@ -76,30 +76,14 @@ def env(tmp_path: Path, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatc
 
 
 def _spec_text(emulator: EmulatorServer, moto: str, secret: str, *, first: str = "aws") -> str:
-    aws = (
-        f"      - {{type: aws, secret_id: {secret}, region: {REGION}, endpoint_url: '{moto}', "
-        "field: ADJUDON_API_KEY}"
-    )
-    file = "      - {type: file, path: secrets/payments.env, format: dotenv, field: ADJUDON_API_KEY}"
+    aws = f"{{type: aws, secret_id: {secret}, region: {REGION}, endpoint_url: '{moto}', field: ADJUDON_API_KEY}}"
+    file = "{type: file, path: secrets/payments.env, format: dotenv, field: ADJUDON_API_KEY}"
     targets = [aws, file] if first == "aws" else [file, aws]
-    return f"""\
-version: 1
-state_dir: state
-defaults:
-  verify: {{drain: 1s, propagation: 0s, timeout: 60s}}
-issuers:
-  emu:
-    type: adjudon
-    base_url: {emulator.url}
-    credential: {{env: {ADMIN_ENV}}}
-keys:
-  payments:
-    issuer: emu
-    kind: agent
-    agent_id: payments
-    targets:
-{chr(10).join(targets)}
-"""
+    return rotation_yaml(
+        defaults={"verify": "{drain: 1s, propagation: 0s, timeout: 60s}"},
+        issuers={"emu": {"type": "adjudon", "base_url": emulator.url, "credential": f"{{env: {ADMIN_ENV}}}"}},
+        keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": targets}},
+    )
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from rotator.sandbox.emulator import EmulatorServer
 from rotator.scheduler import Daemon
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, read_dotenv_key, write_spec
+from tests.e2e_helpers import ADMIN_ENV, adjutor_app_yaml, read_dotenv_key, write_rotation_file, write_spec
 
 FAST = Settings(retry_initial=0.01, retry_attempts=1, probe_timeout=5)
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_RETRY_ATTEMPTS": "1", "ROTATOR_PROBE_TIMEOUT": "5"}
@@ -74,13 +74,6 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
-
-
-@pytest.fixture
-def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    key = emulator.emulator.bootstrap_workspace_key()
-    monkeypatch.setenv(ADMIN_ENV, key)
-    return key
 
 
 def _notify_block(on: str) -> str:
@@ -336,18 +329,10 @@ def test_cutover_reset_is_one_completed_message(
     raw = emulator.emulator.create_app("app_9")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    (tmp_path / "rotations.yaml").write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_9}}
-keys:
-  app:
-    issuer: lendsqr
-    targets: [{{type: file, path: secrets/app.key}}]
-notify:
-  - {{url: {{env: {URL_ENV}}}, on: [completed, held, failed]}}
-""")
+    notify = f"notify:\n  - {{url: {{env: {URL_ENV}}}, on: [completed, held, failed]}}\n"
+    write_rotation_file(tmp_path, adjutor_app_yaml(
+        emulator.url, "app_9", ["{type: file, path: secrets/app.key}"], extra=notify
+    ))
     env = {URL_ENV: receiver.url, **FAST_ENV}
     assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0  # adopts the stored key
     assert receiver.events() == []

@@ -27,7 +27,7 @@ from rotator.errors import StoreAccessDenied
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.secret import Secret
 from rotator.spec import Settings, VaultAuth, VaultTarget, VerifyPolicy, load_rotation_file
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, read_dotenv_key, read_json_key, write_spec
+from tests.e2e_helpers import agent_keys, read_dotenv_key, read_json_key, write_spec
 from tests.harnesses.aws import AwsHarness
 from tests.harnesses.vault import OpenBaoServer
 
@@ -51,13 +51,6 @@ def _cut_short_file_promote(tmp_path: Path) -> str:
     pending = (tmp_path / "secrets/a.env.rotator-pending").read_text()
     (tmp_path / "secrets/a.env").write_text(f"ADJUDON_API_KEY={pending}\n")
     return pending
-
-
-@pytest.fixture
-def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    key = emulator.emulator.bootstrap_workspace_key()
-    monkeypatch.setenv(ADMIN_ENV, key)
-    return key
 
 
 def test_promote_cut_short_in_one_file_target_converges(

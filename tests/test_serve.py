@@ -97,13 +97,6 @@ class Served:
 
 
 @pytest.fixture
-def admin(emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> str:
-    key = emulator.emulator.bootstrap_workspace_key()
-    monkeypatch.setenv(ADMIN_ENV, key)
-    return key
-
-
-@pytest.fixture
 def served() -> Iterator[list[Served]]:
     started: list[Served] = []
     yield started

