@@ -245,7 +245,11 @@ def main() -> int:
     endpoints: dict[str, str] = {}
     with ExitStack() as stack:
         if "aws" in stores:
+            import logging
+
             from moto.server import ThreadedMotoServer
+
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
             moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             moto.start()
@@ -270,7 +274,9 @@ def main() -> int:
     targets = "2 file targets" if stores == ["file"] else " + ".join(stores) + " targets"
     print(f"\nFleet: N Adjudon agent keys x {targets}, --parallel {opts.parallel}, drain 1 s; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
-    print("| keys | command | wall | CPU | peak RSS | vendor calls (per key) | goal (issue 15) | baseline |")
+    print(
+        "| keys | command | wall | CPU | peak RSS | vendor calls (per key) | goal (issue 15) | baseline (issue 15: AWS + Vault targets) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in runs:
         per_key = (
