@@ -18,6 +18,7 @@ from rotator import __version__
 from rotator.completion import SHELLS, complete_keys
 from rotator.errors import ConfigError, LeaseBusy, RotatorError
 from rotator.logs import configure, redact
+from rotator.shard import Shard
 from rotator.spec import RotationFile, load_rotation_file, load_settings, parse_duration
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_HELD = 0, 1, 2, 3
@@ -74,6 +75,29 @@ def _window(engine: Any, key: str, steps: Sequence[str]) -> float | None:
     return float(window) if isinstance(window, int | float) else None
 
 
+def _shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Shard | None:
+    """``--shard I/N``, else ``ROTATOR_SHARD``, else a Kubernetes Indexed Job's index (rotator.shard)."""
+    import os
+
+    from rotator import shard
+
+    try:
+        return shard.resolve(shard.parse(value) if value is not None else None, os.environ)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--shard: ")) from None
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+_shard = click.option(
+    "--shard",
+    callback=_shard_option,
+    metavar="I/N",
+    help="Only the keys of shard I of N (0 <= I < N; a stable hash of the key's name). "
+    "Default: $ROTATOR_SHARD, then $JOB_COMPLETION_INDEX/$JOB_COMPLETIONS (an Indexed Job).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-f",
@@ -122,11 +146,15 @@ def validate(obj: Context) -> None:
     help="Terraform's exit codes: 0 nothing to do, 1 error (an invalid file too), 2 steps pending.",
 )
 @click.option("--output", type=click.Choice(["text", "json"]), default="text")
+@_shard
 @click.pass_obj
-def plan(obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: str) -> None:
+def plan(
+    obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: str, shard: Shard | None
+) -> None:
     """What each key needs now and why. Never writes anything."""
     engine = obj.engine()
-    decisions = engine.plan(_keys(engine.spec, keys))
+    names = _keys(engine.spec, keys)
+    decisions = engine.plan(shard.select(names) if shard is not None else names)
     if output == "json":
         _emit(
             [
@@ -174,9 +202,12 @@ def _run(
     wait_timeout: timedelta | None = None,
     lock_timeout: timedelta = timedelta(0),
     busy_exit: bool = False,
+    shard: Shard | None = None,
 ) -> NoReturn:
     engine = obj.engine()
     names = _keys(engine.spec, keys)
+    if shard is not None:
+        names = shard.select(names)
     if dry_run:
         for key, d in engine.plan(names, force=force):
             click.echo(f"{key}: would {d.action} ({d.phase}): {d.reason}")
@@ -231,6 +262,11 @@ def _run(
             err=True,
         )
         sys.exit(caught.exit_code)
+    _exit_for(results, busy_exit=busy_exit)
+
+
+def _exit_for(results: Sequence[Any], *, busy_exit: bool) -> NoReturn:
+    """The pass's exit code: failed, then held, then (for rotate and emergency) busy."""
     if any(r.outcome == "failed" for r in results):
         sys.exit(EXIT_FAILED)
     if any(r.outcome == "held" for r in results):
@@ -279,6 +315,7 @@ _pushgateway = click.option(
 @click.option("--parallel", type=click.IntRange(1, 64), help="Keys reconciled at once.")
 @_output
 @_pushgateway
+@_shard
 @click.pass_obj
 def apply(
     obj: Context,
@@ -289,6 +326,7 @@ def apply(
     parallel: int | None,
     output: str,
     pushgateway: str | None,
+    shard: Shard | None,
 ) -> None:
     """One reconcile pass. Exit 0 ok or waiting, 1 a key failed, 3 a key is held.
 
@@ -306,6 +344,7 @@ def apply(
         parallel=parallel,
         output=output,
         pushgateway=pushgateway,
+        shard=shard,
     )
 
 
@@ -611,11 +650,14 @@ def sandbox(drain: str, keep: Path | None) -> None:
     envvar="ROTATOR_CHECK_INTERVAL",
     help="How often a key without a schedule is checked against its max_age.",
 )
+@_shard
 @click.pass_obj
-def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) -> None:
+def serve(
+    obj: Context, host: str, port: int, tick: str, check_interval: str, shard: Shard | None
+) -> None:
     """Run as a daemon: each key's pass on its cron schedule (or every --check-interval),
     keys in flight every --tick, /metrics and /healthz over HTTP. SIGHUP reloads the
-    rotation file; SIGTERM finishes the step in hand and exits 0."""
+    rotation file; SIGTERM finishes the step in hand and exits 0. With a shard, only its keys."""
     from rotator.scheduler import run
     from rotator.statedir import ensure_writable
 
@@ -628,6 +670,7 @@ def serve(obj: Context, host: str, port: int, tick: str, check_interval: str) ->
             port=port,
             tick=tick,
             check_interval=check_interval,
+            shard=shard,
         )
     )
 

@@ -1,4 +1,4 @@
-"""AWS Lambda entry point (``rotator.lambda_handler.handler``): one function, three events.
+"""AWS Lambda entry point (``rotator.lambda_handler.handler``): one function, four events.
 
 1. An EventBridge schedule (``"source": "aws.events"``, ``"detail-type": "Scheduled
    Event"``): one pass over every key of the rotation file, as ``rotator apply``.
@@ -19,6 +19,10 @@
    activity data shows it drained. Secrets Manager retries steps; each one repeated
    is a no-op. A step that cannot be done raises, so the rotation fails visibly.
 3. A direct invoke ``{"action": "emergency", "key": ..., "reason": ...}``.
+4. Fan-out (``rotator.fanout``): with ``ROTATOR_FANOUT_QUEUE_URL`` set, the schedule (or a
+   direct ``{"action": "dispatch"}``) sends the keys in batches to that SQS queue instead of
+   passing them; an SQS event (``Records`` from ``aws:sqs``) runs one pass over its batches'
+   keys and answers ``batchItemFailures`` with the messages whose keys failed.
 
 The rotation file comes from ``ROTATOR_FILE_S3`` (``s3://bucket/key``), else
 ``ROTATOR_FILE_CONTENT`` (the YAML itself), else ``ROTATOR_FILE`` or the
@@ -73,11 +77,18 @@ class RotationStepFailed(RotatorError):
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Serve one Lambda invocation; see the module docstring for the three events."""
+    """Serve one Lambda invocation; see the module docstring for the four events."""
     _configure_logging()
     if not isinstance(event, dict):
         raise ValueError("the event must be a JSON object")
-    if event.get("source") == "aws.events" or event.get("detail-type") == "Scheduled Event":
+    from rotator import fanout
+
+    scheduled = event.get("source") == "aws.events" or event.get("detail-type") == "Scheduled Event"
+    if event.get("action") == "dispatch" or (scheduled and fanout.queue_url()):
+        return _dispatch()
+    if fanout.is_sqs_event(event):
+        return _fanned_out(event["Records"], context)
+    if scheduled:
         return _scheduled(context)
     if "Step" in event and "SecretId" in event:
         return _rotation_step(event, context)
@@ -101,6 +112,44 @@ def _scheduled(context: Any) -> dict[str, Any]:
             "event": "schedule",
             "ok": all(r.outcome in ("ok", "waiting", "busy") for r in results),
             "results": [r.as_dict() for r in results],
+        }
+    )
+
+
+def _dispatch() -> dict[str, Any]:
+    from rotator import fanout
+
+    url = fanout.queue_url()
+    if url is None:
+        raise ConfigError(f"a dispatch needs the fan-out queue: set {fanout.QUEUE_ENV}")
+    size = fanout.batch_size()
+    spec, _ = load_spec(settings())
+    keys = list(spec.keys)
+    messages = fanout.dispatch(keys, url, size=size)
+    log.info("dispatched %d key(s) in %d message(s) of up to %d", len(keys), messages, size)
+    return {"event": "dispatch", "keys": len(keys), "messages": messages}
+
+
+def _fanned_out(records: list[dict[str, Any]], context: Any) -> dict[str, Any]:
+    from rotator import fanout
+
+    by_message, bad = fanout.keys_of(records)
+    with _engine(context) as engine:
+        wanted = list(dict.fromkeys(k for keys in by_message.values() for k in keys))
+        gone = [k for k in wanted if k not in engine.spec.keys]
+        if gone:  # dispatched before the rotation file changed: nothing to do for them
+            log.warning("fan-out: %s no longer declared; skipped", ", ".join(gone))
+        results = engine.apply([k for k in wanted if k in engine.spec.keys])
+        notify(engine, results)
+    for r in results:
+        level = logging.ERROR if r.outcome in ("held", "failed") else logging.INFO
+        log.log(level, "%s: %s (%s), steps %s: %s", r.key, r.outcome, r.phase, r.steps or "none", r.message)
+    retry = fanout.failures(by_message, {r.key: r.outcome for r in results}, bad)
+    return _safe(
+        {
+            "event": "fanout",
+            "results": [r.as_dict() for r in results],
+            "batchItemFailures": [{"itemIdentifier": m} for m in retry],
         }
     )
 

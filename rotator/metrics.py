@@ -171,27 +171,44 @@ class Metrics:
         now = time.time()
         if started is not None:
             self.pass_duration.observe(max(0.0, now - started))
-        for r in results:
-            if r.key in engine.spec.keys:
-                self.max_age.labels(r.key).set(engine.spec.max_age(r.key).total_seconds())
-            if r.outcome == "busy":
-                continue  # another runner holds the key: its pass is not ours to report
-            if r.phase in PHASES:
-                for p in PHASES:
-                    self.phase.labels(r.key, p).set(1 if p == r.phase else 0)
-            if r.outcome in ("ok", "waiting"):
-                self.last_success.labels(r.key).set(now)
-            with self._lock:
-                known = r.key in self._born
-            if r.steps or not known or r.outcome in ("held", "failed"):
-                self._from_journal(engine, r, started)
+        read = [r for r in results if self._observe_one(engine, r, now)]
+        if read:
+            by_key = self._journal_by_key(engine, {r.key for r in read})
+            for r in read:
+                self._from_journal(engine, r, started, by_key.get(r.key, []))
 
-    def _from_journal(self, engine: Engine, r: KeyResult, started: float | None) -> None:
+    def _observe_one(self, engine: Engine, r: KeyResult, now: float) -> bool:
+        """Set what ``r`` alone tells; True when its journal entries are needed too."""
+        if r.key in engine.spec.keys:
+            self.max_age.labels(r.key).set(engine.spec.max_age(r.key).total_seconds())
+        if r.outcome == "busy":
+            return False  # another runner holds the key: its pass is not ours to report
+        if r.phase in PHASES:
+            for p in PHASES:
+                self.phase.labels(r.key, p).set(1 if p == r.phase else 0)
+        if r.outcome in ("ok", "waiting"):
+            self.last_success.labels(r.key).set(now)
+        with self._lock:
+            known = r.key in self._born
+        return bool(r.steps) or not known or r.outcome in ("held", "failed")
+
+    @staticmethod
+    def _journal_by_key(engine: Engine, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """The journal entries of ``keys``, by key, in order: the journal is read once per pass."""
+        by_key: dict[str, list[dict[str, Any]]] = {}
         try:
-            entries = list(engine.journal.entries(r.key))
+            for e in engine.journal.entries():
+                key = e.get("key")
+                if key in keys:
+                    by_key.setdefault(key, []).append(e)
         except RotatorError as exc:
-            log.warning("metrics of %s: cannot read the journal: %s", r.key, exc)
-            entries = []
+            log.warning("metrics of %s: cannot read the journal: %s", ", ".join(sorted(keys)), exc)
+            return {}
+        return by_key
+
+    def _from_journal(
+        self, engine: Engine, r: KeyResult, started: float | None, entries: list[dict[str, Any]]
+    ) -> None:
         done = [e for e in entries if e.get("event") in ("revoked", "verified")]
         if started is not None:
             completed = sum(1 for e in done if _ts(e) >= started)

@@ -37,6 +37,7 @@ from rotator.errors import ConfigError, RotatorError
 from rotator.logs import redact
 from rotator.metrics import Metrics
 from rotator.notify import notify
+from rotator.shard import Shard
 from rotator.spec import RotationFile, Settings, cron_trigger, load_rotation_file, parse_duration
 
 log = logging.getLogger("rotator.scheduler")
@@ -78,8 +79,11 @@ class Daemon:
         tick: float = 30.0,
         check_interval: float = 3600.0,
         metrics: Metrics | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.file = file
+        self.shard = shard
+        """Only the keys of this shard are scheduled and passed (``None``: every key)."""
         self.settings = settings or Settings()
         self.tick = tick
         self.check_interval = check_interval
@@ -176,8 +180,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ jobs
 
+    def owned_keys(self) -> list[str]:
+        """The keys this daemon passes: every key of the file, or its shard's."""
+        keys = list(self.spec.keys)
+        return keys if self.shard is None else self.shard.select(keys)
+
     def _schedule_keys(self) -> None:
-        keys = self.spec.keys
+        keys = {k: self.spec.keys[k] for k in self.owned_keys()}
         for key in set(self._schedules) - set(keys):
             self.scheduler.remove_job(f"key:{key}")
             del self._schedules[key]
@@ -227,7 +236,7 @@ class Daemon:
         failed and past their back-off (the next tick, then every 2, 4, 8... ticks)."""
         now = time.monotonic() if now is None else now
         out = []
-        for key in self.spec.keys:
+        for key in self.owned_keys():
             seen = self._seen.get(key)
             if seen is None or seen.result.outcome == "waiting":
                 out.append(key)
@@ -320,7 +329,16 @@ def serve_http(daemon: Daemon, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def run(file: Path, *, settings: Settings, host: str, port: int, tick: str, check_interval: str) -> int:
+def run(
+    file: Path,
+    *,
+    settings: Settings,
+    host: str,
+    port: int,
+    tick: str,
+    check_interval: str,
+    shard: Shard | None = None,
+) -> int:
     """Run the daemon until SIGTERM or SIGINT; return the exit code."""
     if settings.log_level != "ERROR":  # a daemon says what it does unless told to keep quiet
         log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
@@ -329,6 +347,7 @@ def run(file: Path, *, settings: Settings, host: str, port: int, tick: str, chec
         settings=settings,
         tick=seconds(tick, "--tick"),
         check_interval=seconds(check_interval, "--check-interval"),
+        shard=shard,
     )
     # Blocked before any thread starts (threads inherit the mask), then taken one at a time
     # by sigwait in this thread: no handler runs in the middle of a lock or a log write.
@@ -340,8 +359,9 @@ def run(file: Path, *, settings: Settings, host: str, port: int, tick: str, chec
             daemon.start()
             bound_host, bound_port = server.server_address[:2]
             log.info(
-                "serving %d key(s); listening on http://%s:%s (/metrics, /healthz)",
-                len(daemon.spec.keys),
+                "serving %d key(s)%s; listening on http://%s:%s (/metrics, /healthz)",
+                len(daemon.owned_keys()),
+                f" of shard {shard}" if shard else "",
                 bound_host,
                 bound_port,
             )
