@@ -34,13 +34,12 @@ test: $(STAMP) $(TOOLS_STAMP)
 	command -v chromium || (apt-get update && apt-get install -y chromium)  # the HTML report's screenshot test
 	$(BIN)/ruff check rotator providers tests benchmarks
 	$(BIN)/mypy
-	# TODO: enable once the whole tree has had its one-time `ruff format` (after the seam-redesign merge)
-	# $(BIN)/ruff format --check rotator providers tests benchmarks
+	$(BIN)/ruff format --check rotator providers tests benchmarks
 	ROTATOR_TOOLS_BIN=$(CURDIR)/$(TOOLS)/bin ROTATOR_REQUIRE_OPENBAO=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check rotator providers tests benchmarks
-	$(BIN)/ruff format --check rotator providers tests
+	$(BIN)/ruff format --check rotator providers tests benchmarks
 	$(BIN)/mypy
 
 clean:

@@ -117,8 +117,10 @@ class FileStore:
             snap = self._snapshot()
             state = self._view(snap)  # also refuses a main file we could not merge into later
             for held in (state.pending, state.current):
-                if held is not None and held.stamp is not None and (
-                    held.stamp.attempt == stamp.attempt and held.fingerprint == value.fingerprint
+                if (
+                    held is not None
+                    and held.stamp is not None
+                    and (held.stamp.attempt == stamp.attempt and held.fingerprint == value.fingerprint)
                 ):
                     return
             if expected is not None and snap.revision != expected:
@@ -253,8 +255,7 @@ class FileStore:
             if stamp is None:
                 raise StoreFormatError(
                     self._name,
-                    f"{self._sidecar.name} is damaged; delete it to adopt the current value "
-                    "unstamped",
+                    f"{self._sidecar.name} is damaged; delete it to adopt the current value unstamped",
                 )
             setattr(book, slot, _Entry(version, stamp))
         return book
@@ -362,8 +363,12 @@ def _dump_book(book: _Book) -> bytes:
     def entry(item: _Entry | None) -> dict[str, Any] | None:
         return None if item is None else {"version": item.version, "stamp": item.stamp.to_dict()}
 
-    data = {"format": 1, "counter": book.counter,
-            "current": entry(book.current), "pending": entry(book.pending)}
+    data = {
+        "format": 1,
+        "counter": book.counter,
+        "current": entry(book.current),
+        "pending": entry(book.pending),
+    }
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 

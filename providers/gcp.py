@@ -106,8 +106,12 @@ class GcpStore:
     """One secret (and optionally one JSON field of it) in GCP Secret Manager."""
 
     def __init__(
-        self, target: GcpTarget, client: Any | None = None, *,
-        timeout: float = 10.0, retry_budget: float = 20.0,
+        self,
+        target: GcpTarget,
+        client: Any | None = None,
+        *,
+        timeout: float = 10.0,
+        retry_budget: float = 20.0,
     ) -> None:
         self.target = target
         self._client_obj = client
@@ -157,8 +161,13 @@ class GcpStore:
                 if expected is not None:
                     raise
                 continue
-            added = self._call("add version", self._client.add_secret_version, write=True,
-                               parent=self._path, payload={"data": payload.encode()})
+            added = self._call(
+                "add version",
+                self._client.add_secret_version,
+                write=True,
+                parent=self._path,
+                payload={"data": payload.encode()},
+            )
             self._point_pending(_number(added.name), number, stamp)
             return
         raise StoreConflict(self.name, "the secret kept changing while staging")
@@ -179,8 +188,13 @@ class GcpStore:
                 # another writer added a version after ours: consumers read that one,
                 # so our value goes on top again (versions cannot be re-ordered)
                 text = self._payload(view, Secret(value), base=view.latest)
-                added = self._call("add version", self._client.add_secret_version, write=True,
-                                   parent=self._path, payload={"data": text.encode()})
+                added = self._call(
+                    "add version",
+                    self._client.add_secret_version,
+                    write=True,
+                    parent=self._path,
+                    payload={"data": text.encode()},
+                )
                 number = _number(added.name)
                 stamps[number] = promoted
             aliases = dict(view.secret.version_aliases)
@@ -200,7 +214,8 @@ class GcpStore:
         except StoreNotFound:
             return  # nothing to test on yet; the first stage creates it
         granted = self._call(
-            "test permissions", self._client.test_iam_permissions,
+            "test permissions",
+            self._client.test_iam_permissions,
             request={"resource": self._path, "permissions": list(_PERMISSIONS)},
         )
         missing = sorted(set(_PERMISSIONS) - set(granted.permissions))
@@ -222,13 +237,15 @@ class GcpStore:
         if ref.isdigit():
             number: int | None = int(ref)
         else:
-            number = max((n for n, s in view.stamps.items()
-                          if s.attempt == ref and n in view.states), default=None)
+            number = max(
+                (n for n, s in view.stamps.items() if s.attempt == ref and n in view.states), default=None
+            )
         if number is None or number not in view.states:
             raise StoreNotFound(self.name, f"no version {ref}")
         if view.states[number] == _ENABLED:
-            self._call("disable version", self._client.disable_secret_version,
-                       name=f"{self._path}/versions/{number}")
+            self._call(
+                "disable version", self._client.disable_secret_version, name=f"{self._path}/versions/{number}"
+            )
 
     def retire(self, key_id: str) -> list[int]:
         """Disable every enabled version that holds ``key_id``, a key the vendor has revoked,
@@ -238,10 +255,16 @@ class GcpStore:
             return []
         done = []
         for number, stamp in sorted(view.stamps.items()):
-            if (stamp.key_id == key_id and view.states.get(number) == _ENABLED
-                    and number not in (view.current, view.pending)):
-                self._call("disable version", self._client.disable_secret_version,
-                           name=f"{self._path}/versions/{number}")
+            if (
+                stamp.key_id == key_id
+                and view.states.get(number) == _ENABLED
+                and number not in (view.current, view.pending)
+            ):
+                self._call(
+                    "disable version",
+                    self._client.disable_secret_version,
+                    name=f"{self._path}/versions/{number}",
+                )
                 done.append(number)
         return done
 
@@ -250,8 +273,7 @@ class GcpStore:
     def _observe(self) -> _View | None:
         try:
             secret = self._call("get secret", self._client.get_secret, name=self._path)
-            listed = self._call("list versions", self._client.list_secret_versions,
-                                parent=self._path)
+            listed = self._call("list versions", self._client.list_secret_versions, parent=self._path)
         except StoreNotFound:
             return None
         states = {_number(v.name): int(v.state) for v in listed}
@@ -280,8 +302,9 @@ class GcpStore:
         return _View(secret, states, stamps, current, pending)
 
     def _access(self, number: int) -> str:
-        response = self._call("access version", self._client.access_secret_version,
-                              name=f"{self._path}/versions/{number}")
+        response = self._call(
+            "access version", self._client.access_secret_version, name=f"{self._path}/versions/{number}"
+        )
         try:
             return str(response.payload.data.decode("utf-8"))
         except UnicodeDecodeError:
@@ -325,10 +348,14 @@ class GcpStore:
 
     def _create(self) -> None:
         with contextlib.suppress(StoreConflict):  # created by another writer meanwhile
-            self._call("create secret", self._client.create_secret, write=True,
-                       parent=f"projects/{self.target.project}", secret_id=self.target.secret,
-                       secret={"replication": {"automatic": {}},
-                               "labels": {"managed-by": "rotator"}})
+            self._call(
+                "create secret",
+                self._client.create_secret,
+                write=True,
+                parent=f"projects/{self.target.project}",
+                secret_id=self.target.secret,
+                secret={"replication": {"automatic": {}}, "labels": {"managed-by": "rotator"}},
+            )
 
     def _point_pending(self, number: int, reserved: int, stamp: Stamp) -> None:
         """Point the pending alias at ``number`` and move the stamp there if needed."""
@@ -340,23 +367,25 @@ class GcpStore:
             aliases[self.target.pending_alias] = number
             drop = {reserved} if reserved != number else set()
             try:
-                self._update(view, stamps={number: stamp}, aliases=aliases, keep={number},
-                             drop=drop)
+                self._update(view, stamps={number: stamp}, aliases=aliases, keep={number}, drop=drop)
             except StoreConflict:
                 continue
             return
         raise StoreConflict(self.name, "the secret kept changing while staging")
 
     def _update(
-        self, view: _View, *, stamps: dict[int, Stamp], keep: set[int],
-        aliases: dict[str, int] | None = None, drop: set[int] | frozenset[int] = frozenset(),
+        self,
+        view: _View,
+        *,
+        stamps: dict[int, Stamp],
+        keep: set[int],
+        aliases: dict[str, int] | None = None,
+        drop: set[int] | frozenset[int] = frozenset(),
     ) -> None:
         """One conditional ``UpdateSecret`` of the stamps (pruned) and maybe the aliases."""
-        ours = {n: s for n, s in view.stamps.items()
-                if view.states.get(n) == _ENABLED and n not in drop}
+        ours = {n: s for n, s in view.stamps.items() if view.states.get(n) == _ENABLED and n not in drop}
         ours.update(stamps)
-        annotations = {k: v for k, v in view.secret.annotations.items()
-                       if _stamp_number(k) is None}
+        annotations = {k: v for k, v in view.secret.annotations.items() if _stamp_number(k) is None}
         protected = keep | {n for n in (view.current, view.pending) if n is not None}
         encoded = {n: s.to_json() for n, s in ours.items()}
         size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
@@ -367,14 +396,18 @@ class GcpStore:
             if n not in protected:
                 size -= len(f"{_PREFIX}{n}") + len(encoded.pop(n).encode())
         annotations.update({f"{_PREFIX}{n}": v for n, v in encoded.items()})
-        secret: dict[str, Any] = {"name": self._path, "etag": view.secret.etag,
-                                  "annotations": annotations}
+        secret: dict[str, Any] = {"name": self._path, "etag": view.secret.etag, "annotations": annotations}
         paths = ["annotations"]
         if aliases is not None:
             secret["version_aliases"] = aliases
             paths.append("version_aliases")
-        self._call("update secret", self._client.update_secret, write=True,
-                   secret=secret, update_mask={"paths": paths})
+        self._call(
+            "update secret",
+            self._client.update_secret,
+            write=True,
+            secret=secret,
+            update_mask={"paths": paths},
+        )
 
     # ------------------------------------------------------------------ the SDK edge
 
@@ -384,8 +417,7 @@ class GcpStore:
             self._client_obj = _make_client(self.target.endpoint, self.name)
         return self._client_obj
 
-    def _call(self, what: str, method: Callable[..., Any], *, write: bool = False,
-              **kwargs: Any) -> Any:
+    def _call(self, what: str, method: Callable[..., Any], *, write: bool = False, **kwargs: Any) -> Any:
         """Call the SDK with bounded time, translating its errors into the rotator's kinds.
 
         Reads are retried on transient errors; writes are not, since a lost
@@ -395,9 +427,15 @@ class GcpStore:
         from google.api_core.retry import Retry, if_exception_type
 
         transient = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError)
-        retry = None if write else Retry(
-            predicate=if_exception_type(*transient), initial=0.1, maximum=2.0,
-            timeout=self._retry_budget,
+        retry = (
+            None
+            if write
+            else Retry(
+                predicate=if_exception_type(*transient),
+                initial=0.1,
+                maximum=2.0,
+                timeout=self._retry_budget,
+            )
         )
         try:
             return method(**kwargs, retry=retry, timeout=self._timeout)

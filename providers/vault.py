@@ -127,21 +127,30 @@ class VaultStore:
             raise ValueError("a stamp must carry the fingerprint of the value it stamps")
         snap = self._load()
         for v in self._resolve(snap):
-            if v is not None and v.stamp is not None and v.stamp.attempt == stamp.attempt \
-                    and v.fingerprint == value.fingerprint:
+            if (
+                v is not None
+                and v.stamp is not None
+                and v.stamp.attempt == stamp.attempt
+                and v.fingerprint == value.fingerprint
+            ):
                 return
         if expected is not None and expected != snap.revision:
-            raise StoreConflict(self.name, f"changed since it was read (revision {expected} is "
-                                f"now {snap.revision}); not writing")
+            raise StoreConflict(
+                self.name,
+                f"changed since it was read (revision {expected} is now {snap.revision}); not writing",
+            )
         base = snap.data.get(snap.latest) if snap.latest else None
         data = {**(base or {}), self.target.field: value.reveal()}
         n = snap.latest + 1
         custom = self._pruned(snap, {f"{_PREFIX}{n}": replace(stamp, promoted_at=None).to_json()})
         self._put_metadata(snap, custom)
         try:
-            self._call("write", lambda c: c.secrets.kv.v2.create_or_update_secret(
-                path=self.target.path, secret=data, cas=snap.latest,
-                mount_point=self.target.mount))
+            self._call(
+                "write",
+                lambda c: c.secrets.kv.v2.create_or_update_secret(
+                    path=self.target.path, secret=data, cas=snap.latest, mount_point=self.target.mount
+                ),
+            )
         except StoreConflict:
             self._drop_stamp(n)
             raise
@@ -158,14 +167,16 @@ class VaultStore:
         for n in sorted(snap.kept, reverse=True):
             found = snap.stamp(n)
             if found is not None and found.attempt == attempt:
-                raise StoreConflict(self.name, f"version {n} staged by attempt {attempt} was "
-                                    f"superseded by version {snap.latest}; stage it again")
+                raise StoreConflict(
+                    self.name,
+                    f"version {n} staged by attempt {attempt} was "
+                    f"superseded by version {snap.latest}; stage it again",
+                )
         raise StoreNotFound(self.name, f"no version staged by attempt {attempt}")
 
     def check_access(self) -> None:
         data_path, meta_path = self._api_path("data"), self._api_path("metadata")
-        answer = self._call("check access to", lambda c: c.sys.get_capabilities(
-            paths=[data_path, meta_path]))
+        answer = self._call("check access to", lambda c: c.sys.get_capabilities(paths=[data_path, meta_path]))
         caps = answer.get("data") or answer
         exists = self._load().exists
         need = {"read", "update" if exists else "create"}
@@ -184,8 +195,12 @@ class VaultStore:
 
     def _load(self) -> _Snapshot:
         try:
-            answer = self._call("read metadata of", lambda c: c.secrets.kv.v2.read_secret_metadata(
-                path=self.target.path, mount_point=self.target.mount))
+            answer = self._call(
+                "read metadata of",
+                lambda c: c.secrets.kv.v2.read_secret_metadata(
+                    path=self.target.path, mount_point=self.target.mount
+                ),
+            )
         except StoreNotFound:
             return _Snapshot(exists=False)
         meta = answer["data"]
@@ -194,8 +209,12 @@ class VaultStore:
         kept = {int(n) for n, v in (meta.get("versions") or {}).items() if not v.get("destroyed")}
         token = f"m{mver}" if mver is not None else f"t{meta.get('updated_time', '')}"
         snap = _Snapshot(
-            exists=True, latest=latest, kept=kept, custom=dict(meta.get("custom_metadata") or {}),
-            metadata_version=None if mver is None else int(mver), revision=f"v{latest}.{token}",
+            exists=True,
+            latest=latest,
+            kept=kept,
+            custom=dict(meta.get("custom_metadata") or {}),
+            metadata_version=None if mver is None else int(mver),
+            revision=f"v{latest}.{token}",
         )
         if latest:
             snap.data[latest] = self._fetch(latest)
@@ -204,9 +223,15 @@ class VaultStore:
     def _fetch(self, n: int) -> dict[str, Any] | None:
         """The data of version ``n``; None when it is deleted, destroyed or gone."""
         try:
-            answer = self._call("read", lambda c: c.secrets.kv.v2.read_secret_version(
-                path=self.target.path, version=n, mount_point=self.target.mount,
-                raise_on_deleted_version=True))
+            answer = self._call(
+                "read",
+                lambda c: c.secrets.kv.v2.read_secret_version(
+                    path=self.target.path,
+                    version=n,
+                    mount_point=self.target.mount,
+                    raise_on_deleted_version=True,
+                ),
+            )
         except StoreNotFound:
             return None
         data = answer["data"]["data"]
@@ -220,8 +245,10 @@ class VaultStore:
             return None
         raw = data[self.target.field]
         if not isinstance(raw, str):
-            raise StoreFormatError(self.name, f"version {n}: field {self.target.field!r} holds "
-                                   f"a {type(raw).__name__}, not a string")
+            raise StoreFormatError(
+                self.name,
+                f"version {n}: field {self.target.field!r} holds a {type(raw).__name__}, not a string",
+            )
         value = Secret(raw)
         stamp = snap.stamp(n)
         if stamp is not None and stamp.fingerprint != value.fingerprint:
@@ -250,18 +277,33 @@ class VaultStore:
         """custom_metadata with ``add`` and the stamps of the newest kept versions only."""
         for text in add.values():
             if len(text.encode()) > _MAX_VALUE:
-                raise StoreFormatError(self.name, f"the stamp does not fit custom_metadata "
-                                       f"({_MAX_VALUE} bytes); the vendor key id is too long")
-        ours = sorted((int(k[len(_PREFIX):]) for k in snap.custom
-                       if k.startswith(_PREFIX) and k[len(_PREFIX):].isdigit()), reverse=True)
+                raise StoreFormatError(
+                    self.name,
+                    f"the stamp does not fit custom_metadata "
+                    f"({_MAX_VALUE} bytes); the vendor key id is too long",
+                )
+        ours = sorted(
+            (
+                int(k[len(_PREFIX) :])
+                for k in snap.custom
+                if k.startswith(_PREFIX) and k[len(_PREFIX) :].isdigit()
+            ),
+            reverse=True,
+        )
         keep = [n for n in ours if n in snap.kept][: _MAX_STAMPS - len(add)]
-        out = {k: v for k, v in snap.custom.items()
-               if not (k.startswith(_PREFIX) and k[len(_PREFIX):].isdigit())}
+        out = {
+            k: v
+            for k, v in snap.custom.items()
+            if not (k.startswith(_PREFIX) and k[len(_PREFIX) :].isdigit())
+        }
         out.update({f"{_PREFIX}{n}": snap.custom[f"{_PREFIX}{n}"] for n in keep})
         out.update(add)
         if len(out) > _MAX_KEYS:
-            raise StoreFormatError(self.name, f"custom_metadata would hold {len(out)} keys, more "
-                                   f"than the {_MAX_KEYS} allowed; remove some by hand")
+            raise StoreFormatError(
+                self.name,
+                f"custom_metadata would hold {len(out)} keys, more "
+                f"than the {_MAX_KEYS} allowed; remove some by hand",
+            )
         return out
 
     def _put_metadata(self, snap: _Snapshot, custom: dict[str, str]) -> None:
@@ -310,8 +352,7 @@ class VaultStore:
 
         auth = self.target.auth
         env = os.environ
-        client = hvac.Client(url=self.target.url, token="", namespace=self.target.namespace,
-                             timeout=_TIMEOUT)
+        client = hvac.Client(url=self.target.url, token="", namespace=self.target.namespace, timeout=_TIMEOUT)
         if auth.method == "token":
             token = env.get(auth.token_env)
             if not token:
@@ -322,18 +363,21 @@ class VaultStore:
             if not role_id:
                 raise StoreAccessDenied(self.name, f"no AppRole role id: set {auth.role_id_env}")
             with self._errors("log in (approle) for", login=True):
-                client.auth.approle.login(role_id=role_id, secret_id=env.get(auth.secret_id_env),
-                                          mount_point=auth.mount or "approle")
+                client.auth.approle.login(
+                    role_id=role_id,
+                    secret_id=env.get(auth.secret_id_env),
+                    mount_point=auth.mount or "approle",
+                )
         else:
             jwt_path = self._base_dir / auth.jwt_path
             try:
                 jwt = jwt_path.read_text(encoding="utf-8").strip()
             except OSError as exc:
-                raise StoreAccessDenied(self.name, f"cannot read the Kubernetes service account "
-                                        f"token {jwt_path} ({exc.strerror})") from None
+                raise StoreAccessDenied(
+                    self.name, f"cannot read the Kubernetes service account token {jwt_path} ({exc.strerror})"
+                ) from None
             with self._errors("log in (kubernetes) for", login=True):
-                client.auth.kubernetes.login(role=auth.role, jwt=jwt,
-                                             mount_point=auth.mount or "kubernetes")
+                client.auth.kubernetes.login(role=auth.role, jwt=jwt, mount_point=auth.mount or "kubernetes")
         self._hvac = client
         return client
 
@@ -351,9 +395,12 @@ class VaultStore:
             raise StoreNotFound(self.name, f"cannot {action} it: not found") from None
         except (hx.Forbidden, hx.Unauthorized) as exc:
             why = _one_line(exc.errors) or "permission denied"
-            raise StoreAccessDenied(self.name, f"cannot {action} it: {why} (check the token's "
-                                    f"policy for {self._api_path('data')} and "
-                                    f"{self._api_path('metadata')})") from None
+            raise StoreAccessDenied(
+                self.name,
+                f"cannot {action} it: {why} (check the token's "
+                f"policy for {self._api_path('data')} and "
+                f"{self._api_path('metadata')})",
+            ) from None
         except hx.InvalidRequest as exc:
             why = _one_line(exc.errors) or "bad request"
             if login:
@@ -361,16 +408,23 @@ class VaultStore:
             if "check-and-set" in why:
                 raise StoreConflict(self.name, f"another writer changed it first ({why})") from None
             raise StoreError(self.name, f"cannot {action} it: {why}") from None
-        except (hx.VaultDown, hx.InternalServerError, hx.BadGateway, hx.RateLimitExceeded,
-                hx.VaultNotInitialized) as exc:
+        except (
+            hx.VaultDown,
+            hx.InternalServerError,
+            hx.BadGateway,
+            hx.RateLimitExceeded,
+            hx.VaultNotInitialized,
+        ) as exc:
             why = _one_line(exc.errors) or type(exc).__name__
             raise StoreUnavailable(self.name, f"cannot {action} it: Vault answered {why}") from None
         except hx.VaultError as exc:
             why = _one_line(exc.errors) or type(exc).__name__
             raise StoreError(self.name, f"cannot {action} it: {why}") from None
         except requests.exceptions.SSLError:
-            raise StoreError(self.name, f"cannot {action} it: TLS verification of "
-                             f"{self.target.url} failed") from None
+            raise StoreError(
+                self.name, f"cannot {action} it: TLS verification of {self.target.url} failed"
+            ) from None
         except requests.exceptions.RequestException as exc:
-            raise StoreUnavailable(self.name, f"cannot {action} it: {self.target.url} is "
-                                   f"unreachable ({type(exc).__name__})") from None
+            raise StoreUnavailable(
+                self.name, f"cannot {action} it: {self.target.url} is unreachable ({type(exc).__name__})"
+            ) from None

@@ -70,7 +70,6 @@ class Stamp:
             promoted_at=parse_time(promoted) if promoted else None,
         )
 
-
     def to_json(self) -> str:
         """Compact JSON (``{"k","f","a","p"?}``): fits one annotation or metadata entry."""
         data = {"k": self.key_id, "f": self.fingerprint, "a": self.attempt}
@@ -85,8 +84,9 @@ class Stamp:
         try:
             data = json.loads(text)
             promoted = data.get("p")
-            return cls(str(data["k"]), str(data["f"]), str(data["a"]),
-                       parse_time(promoted) if promoted else None)
+            return cls(
+                str(data["k"]), str(data["f"]), str(data["a"]), parse_time(promoted) if promoted else None
+            )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 

@@ -44,9 +44,7 @@ _FIELDS: Final = frozenset({"seq", "ts", "event", "key", "attempt", "details", "
 _BLOCK: Final = 8192
 _TS_TAIL: Final = re.compile(rb'"ts":"([0-9T:.Z+-]+)"}$')  # the last field of a canonical line
 # Raw vendor keys, matched anywhere in a string. AWS secret keys have no prefix to match on.
-_RAW_KEY: Final = re.compile(
-    r"adj_live_[0-9a-f]{64}|adj_agent_[0-9a-f]{48}|sk_live_[A-Za-z0-9]{40}"
-)
+_RAW_KEY: Final = re.compile(r"adj_live_[0-9a-f]{64}|adj_agent_[0-9a-f]{48}|sk_live_[A-Za-z0-9]{40}")
 
 
 class JournalError(RotatorError):
@@ -74,9 +72,7 @@ def entry_hash(entry: dict[str, Any]) -> str:
 
 
 def _canonical(obj: object) -> bytes:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-    ).encode()
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 class Journal:
@@ -149,12 +145,12 @@ class Journal:
                         "run 'rotator audit verify' and repair the journal before appending"
                     )
                 entry = _parse(line)
-                if entry is None or not isinstance(entry.get("seq"), int) or not isinstance(
-                    entry.get("hash"), str
+                if (
+                    entry is None
+                    or not isinstance(entry.get("seq"), int)
+                    or not isinstance(entry.get("hash"), str)
                 ):
-                    raise JournalError(
-                        f"{self.path}: the last entry is damaged; run 'rotator audit verify'"
-                    )
+                    raise JournalError(f"{self.path}: the last entry is damaged; run 'rotator audit verify'")
                 return entry["seq"], entry["hash"]
         return 0, GENESIS
 
@@ -245,8 +241,7 @@ class Journal:
                 entry = _parse(line)
                 if entry is None:
                     raise JournalError(
-                        f"{self.path}: a line that is not a journal entry; "
-                        "run 'rotator audit verify'"
+                        f"{self.path}: a line that is not a journal entry; run 'rotator audit verify'"
                     )
                 if entry.get("key") == key and (event is None or entry.get("event") == event):
                     return entry
@@ -273,8 +268,7 @@ class Journal:
                     at = None
                 if at is None:
                     raise JournalError(
-                        f"{self.path}: a line that is not a journal entry; "
-                        "run 'rotator audit verify'"
+                        f"{self.path}: a line that is not a journal entry; run 'rotator audit verify'"
                     )
                 if at < since:
                     break
@@ -355,10 +349,7 @@ def _check_line(line: bytes, lineno: int, prev: str) -> str | dict[str, Any]:
     if entry["hash"] != entry_hash(entry):
         return f"line {lineno} was altered: its content does not match its hash"
     if entry["prev"] != prev:
-        return (
-            f"line {lineno} does not follow line {lineno - 1}: "
-            "an entry was deleted, inserted or moved"
-        )
+        return f"line {lineno} does not follow line {lineno - 1}: an entry was deleted, inserted or moved"
     if entry["seq"] != lineno:
         return f"line {lineno} has seq {entry['seq']!r}, expected {lineno}"
     return entry
@@ -421,8 +412,7 @@ def _refuse_raw_keys(path: str, value: object) -> None:
     if isinstance(value, str):
         if _RAW_KEY.search(value):
             raise ValueError(
-                f"audit detail {path!r} looks like a raw vendor key; name keys by id, "
-                "prefix or fingerprint"
+                f"audit detail {path!r} looks like a raw vendor key; name keys by id, prefix or fingerprint"
             )
     elif isinstance(value, dict):
         for k, v in value.items():

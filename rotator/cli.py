@@ -652,9 +652,7 @@ def sandbox(drain: str, keep: Path | None) -> None:
 )
 @_shard
 @click.pass_obj
-def serve(
-    obj: Context, host: str, port: int, tick: str, check_interval: str, shard: Shard | None
-) -> None:
+def serve(obj: Context, host: str, port: int, tick: str, check_interval: str, shard: Shard | None) -> None:
     """Run as a daemon: each key's pass on its cron schedule (or every --check-interval),
     keys in flight every --tick, /metrics and /healthz over HTTP. SIGHUP reloads the
     rotation file; SIGTERM finishes the step in hand and exits 0. With a shard, only its keys."""

@@ -172,8 +172,7 @@ def _check_input(engine: Engine, reason: str, leaked_since: datetime | None) -> 
     """Refuse, before anything is touched, what would make the incident record wrong."""
     if not reason.strip():
         raise ConfigError(
-            "--reason is empty: say why the key is revoked (it goes into the journal and the "
-            "incident report)"
+            "--reason is empty: say why the key is revoked (it goes into the journal and the incident report)"
         )
     now = engine.clock()
     if leaked_since is not None and leaked_since > now:

@@ -111,7 +111,7 @@ def keys_of(records: Sequence[dict[str, Any]]) -> tuple[dict[str, list[str]], li
             body = None
         keys = body.get("keys") if isinstance(body, dict) else None
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            log.error("fan-out message %s is not {\"keys\": [...]}: dropped to the retries", message_id)
+            log.error('fan-out message %s is not {"keys": [...]}: dropped to the retries', message_id)
             bad.append(message_id)
             continue
         found[message_id] = keys

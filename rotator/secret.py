@@ -52,10 +52,7 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return (
-            hashlib.sha256(self._value.encode()).digest()
-            == hashlib.sha256(other._value.encode()).digest()
-        )
+        return hashlib.sha256(self._value.encode()).digest() == hashlib.sha256(other._value.encode()).digest()
 
     def __hash__(self) -> int:
         return hash(self.fingerprint)

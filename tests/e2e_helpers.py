@@ -69,7 +69,12 @@ def adjudon_issuer(url: str, env: str = ADMIN_ENV) -> str:
 
 
 def adjutor_app_yaml(
-    url: str, app_id: str, targets: Sequence[str], *, state_dir: str | None = "state", extra: str = "",
+    url: str,
+    app_id: str,
+    targets: Sequence[str],
+    *,
+    state_dir: str | None = "state",
+    extra: str = "",
     **fields: str,
 ) -> str:
     """One Adjútor app key ``app`` (issuer ``lendsqr``, the emulator at ``url``) in ``targets``."""
@@ -99,7 +104,10 @@ def write_spec(
         "{type: file, path: secrets/c.key}",
     ][:targets]
     text = rotation_yaml(
-        defaults={"max_age": max_age, "verify": f"{{drain: {drain}, propagation: {propagation}, timeout: {timeout}}}"},
+        defaults={
+            "max_age": max_age,
+            "verify": f"{{drain: {drain}, propagation: {propagation}, timeout: {timeout}}}",
+        },
         issuers={"emu": {"type": "adjudon", "base_url": server.url, "credential": f"{{env: {ADMIN_ENV}}}"}},
         keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": rows}},
         extra=extra,

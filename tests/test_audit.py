@@ -157,8 +157,15 @@ def _add_field(journal: Journal) -> None:
         (_add_field, 2, "unexpected ['note']"),
     ],
     ids=[
-        "edited", "edited-rehashed", "deleted", "deleted-first", "reordered",
-        "truncated", "seq", "garbage", "extra-field",
+        "edited",
+        "edited-rehashed",
+        "deleted",
+        "deleted-first",
+        "reordered",
+        "truncated",
+        "seq",
+        "garbage",
+        "extra-field",
     ],
 )
 def test_verify_names_the_first_tampered_line(
@@ -217,10 +224,7 @@ def _assert_all_written(journal: Journal, writers: int, per_writer: int) -> None
 def test_concurrent_processes_append_without_loss(tmp_path: Path) -> None:
     """Four processes appending 50 entries each leave 200 entries, seq 1..200, chain intact."""
     state, go = tmp_path / "state", tmp_path / "go"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(state), str(go), str(w)])
-        for w in range(4)
-    ]
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(state), str(go), str(w)]) for w in range(4)]
     try:
         deadline = time.monotonic() + 30
         while len(list(tmp_path.glob("ready-*"))) < 4:
@@ -387,8 +391,13 @@ def test_a_large_journal_verifies_streaming(tmp_path: Path) -> None:
     with open(journal.path, "w") as f:
         for seq in range(1, 100_001):
             entry: dict[str, Any] = {
-                "seq": seq, "ts": "2024-05-01T03:00:00.000000Z", "event": "tick",
-                "key": f"k{seq % 7}", "attempt": None, "details": {"n": seq}, "prev": prev,
+                "seq": seq,
+                "ts": "2024-05-01T03:00:00.000000Z",
+                "event": "tick",
+                "key": f"k{seq % 7}",
+                "attempt": None,
+                "details": {"n": seq},
+                "prev": prev,
             }
             entry["hash"] = prev = entry_hash(entry)
             f.write(_dump(entry))
@@ -396,7 +405,10 @@ def test_a_large_journal_verifies_streaming(tmp_path: Path) -> None:
     # A fresh process, so its peak resident size (ru_maxrss, in KiB on Linux) is verify's own.
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(journal.state_dir)],
-        capture_output=True, text=True, check=True, timeout=50,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=50,
     )
     measured = json.loads(out.stdout)
     assert measured["ok"]

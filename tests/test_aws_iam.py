@@ -243,7 +243,9 @@ class Consumer:
         while not self.stop.is_set():
             try:
                 if text is None or not self.pinned:
-                    got = self._store.get_secret_value(SecretId=self.world.secret_id, VersionStage="AWSCURRENT")
+                    got = self._store.get_secret_value(
+                        SecretId=self.world.secret_id, VersionStage="AWSCURRENT"
+                    )
                     text = got["SecretString"]
                 creds = json.loads(text)
                 key_id = creds["AccessKeyId"]
@@ -270,7 +272,8 @@ class Consumer:
 def test_mint_stores_compact_json_and_tags_the_attempt(world: World) -> None:
     """A minted key is sorted compact JSON, named by a user tag that list_keys reads back."""
     issuer = make_issuer(  # no region: IAM is global
-        world.spec(region=None), KeySpec(issuer="iam", targets=[FileTarget(type="file", path="x")]),
+        world.spec(region=None),
+        KeySpec(issuer="iam", targets=[FileTarget(type="file", path="x")]),
         credential=lambda: Secret("unused"),
     )
     name = f"rotator:{KEY}:{uuid.uuid4()}"
@@ -326,8 +329,13 @@ class _Tampered:
 def test_malformed_new_key_is_deleted_not_returned(world: World) -> None:
     """A created key whose secret fails the format check is deleted again and never returned."""
     iam = world.client("iam", world.runner)
-    issuer = AwsIamIssuer("iam", world.user, client=iam, mint_client=_Tampered(iam),  # type: ignore[arg-type]
-                          probe_client=lambda *_: world.client("sts"))
+    issuer = AwsIamIssuer(
+        "iam",
+        world.user,
+        client=iam,
+        mint_client=_Tampered(iam),  # type: ignore[arg-type]
+        probe_client=lambda *_: world.client("sts"),
+    )
     with pytest.raises(VendorProtocolError, match=r"not 40 characters of base64.*was deleted again"):
         issuer.mint(f"rotator:{KEY}:{uuid.uuid4()}")
     assert world.keys() == {}
@@ -424,8 +432,12 @@ def test_policy_document_scopes_the_actions_to_the_users() -> None:
 
 def test_errors_keep_their_kind_and_name_the_user(world: World) -> None:
     """NoSuchEntity, AccessDenied and an unreachable endpoint map to their kinds."""
-    missing = AwsIamIssuer("iam", "nobody-" + world.tag, client=world.client("iam", world.runner),
-                           probe_client=lambda *_: world.client("sts"))
+    missing = AwsIamIssuer(
+        "iam",
+        "nobody-" + world.tag,
+        client=world.client("iam", world.runner),
+        probe_client=lambda *_: world.client("sts"),
+    )
     with pytest.raises(VendorNotFound, match=f"user:nobody-{world.tag}: list keys: NoSuchEntity"):
         missing.list_keys()
     reader = world.issuer(world.user_with(["iam:ListAccessKeys", "iam:ListUserTags"]))
@@ -435,8 +447,12 @@ def test_errors_keep_their_kind_and_name_the_user(world: World) -> None:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     key = KeySpec(issuer="iam", targets=[FileTarget(type="file", path="x")])
-    down = make_issuer(world.spec(endpoint_url=closed, timeout="2s"), key,
-                       credential=lambda: Secret("unused"), retry=RetryPolicy(attempts=1))
+    down = make_issuer(
+        world.spec(endpoint_url=closed, timeout="2s"),
+        key,
+        credential=lambda: Secret("unused"),
+        retry=RetryPolicy(attempts=1),
+    )
     with pytest.raises(VendorUnavailable, match="cannot reach AWS") as info:
         down.mint(f"rotator:{KEY}:{uuid.uuid4()}")
     assert not isinstance(info.value, VendorOutcomeUnknown)  # never connected: nothing was created
@@ -465,7 +481,9 @@ def test_throttling_and_server_errors(world: World) -> None:
             issuer.mint(f"rotator:{KEY}:{uuid.uuid4()}")
 
 
-def test_no_secret_in_logs_errors_or_journal(world: World, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+def test_no_secret_in_logs_errors_or_journal(
+    world: World, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     """Canary: a whole rotation and its failures at DEBUG never show a secret access key."""
     for name in ("", "botocore.parsers", "botocore.endpoint"):
         caplog.set_level(logging.DEBUG, logger=name or None)
@@ -478,7 +496,10 @@ def test_no_secret_in_logs_errors_or_journal(world: World, caplog: pytest.LogCap
     messages = []
     minted = issuer.mint(f"rotator:{KEY}:{uuid.uuid4()}")
     secrets.append(decode_value(minted.value)[1])  # type: ignore[index]
-    for fail in (lambda: issuer.mint("rotator:x:y"), lambda: world.issuer(world.user_with(["sts:GetCallerIdentity"])).list_keys()):
+    for fail in (
+        lambda: issuer.mint("rotator:x:y"),
+        lambda: world.issuer(world.user_with(["sts:GetCallerIdentity"])).list_keys(),
+    ):
         with pytest.raises(VendorError) as info:
             fail()
         messages += [str(info.value), repr(info.value)]
@@ -530,14 +551,18 @@ def test_rotation_moves_a_live_consumer_then_deletes_the_old_key(world: World, t
     events = _events(engine)
     assert ("revoked", old) in events and events[-1] == ("deleted", old)
     with pytest.raises(ClientError, match="InvalidClientTokenId"):  # deleted for real
-        world.client("sts", (old, json.loads(_old_value(engine, old))["SecretAccessKey"])).get_caller_identity()
+        world.client(
+            "sts", (old, json.loads(_old_value(engine, old))["SecretAccessKey"])
+        ).get_caller_identity()
 
 
 def _old_value(engine: Engine, key_id: str) -> str:
     """The old key's value, still kept by Secrets Manager as AWSPREVIOUS."""
     store = engine.stores(KEY)[0]
     client = store._client  # type: ignore[attr-defined]
-    text: str = client.get_secret_value(SecretId=store.target.secret_id, VersionStage="AWSPREVIOUS")["SecretString"]  # type: ignore[attr-defined]
+    text: str = client.get_secret_value(SecretId=store.target.secret_id, VersionStage="AWSPREVIOUS")[
+        "SecretString"
+    ]  # type: ignore[attr-defined]
     assert json.loads(text)["AccessKeyId"] == key_id
     return text
 
@@ -606,7 +631,9 @@ def test_cli_reactivate(world: World, tmp_path: Path) -> None:
     revoke is final refuse."""
     extra = "  other:\n    type: adjudon\n    base_url: http://127.0.0.1:9\n    credential: {env: NOPE}\n"
     path = _write_spec(tmp_path, world, extra=extra)
-    text = path.read_text() + "  other-key:\n    issuer: other\n    targets: [{type: file, path: other.key}]\n"
+    text = (
+        path.read_text() + "  other-key:\n    issuer: other\n    targets: [{type: file, path: other.key}]\n"
+    )
     path.write_text(text)
     with _engine(path) as engine:
         assert engine.apply([KEY], wait=True)[0].outcome == "ok"

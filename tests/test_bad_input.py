@@ -227,29 +227,102 @@ FILE_CASES: list[tuple[str, list[Edit] | str, tuple[str, ...]]] = [
     ),
     # hostile files: refused before they cost time or memory
     ("alias-bomb", ALIAS_BOMB, ("aliases expand the document", "at most 10000")),
-    ("alias-recursive", BASE + "x: &x [*x]\n", ("rotations.yaml:18:", "an alias refers to a collection that contains it")),
-    ("nested-too-deep", BASE.replace("max_age: 30d", "max_age: " + "[" * 200 + "]" * 200), ("nested deeper than 64 levels",)),
-    ("over-the-size-cap", BASE + "# " + "x" * (1 << 20) + "\n", ("over the 1 MiB cap", "ROTATOR_MAX_FILE_MIB")),
-    ("yaml-python-tag", [("agent_id: payments", "agent_id: !!python/object/apply:os.getpid []")], ("rotations.yaml:15:", "not allowed")),
+    (
+        "alias-recursive",
+        BASE + "x: &x [*x]\n",
+        ("rotations.yaml:18:", "an alias refers to a collection that contains it"),
+    ),
+    (
+        "nested-too-deep",
+        BASE.replace("max_age: 30d", "max_age: " + "[" * 200 + "]" * 200),
+        ("nested deeper than 64 levels",),
+    ),
+    (
+        "over-the-size-cap",
+        BASE + "# " + "x" * (1 << 20) + "\n",
+        ("over the 1 MiB cap", "ROTATOR_MAX_FILE_MIB"),
+    ),
+    (
+        "yaml-python-tag",
+        [("agent_id: payments", "agent_id: !!python/object/apply:os.getpid []")],
+        ("rotations.yaml:15:", "not allowed"),
+    ),
     # durations beyond any sense
-    ("drain-infinite", [("drain: 1s", "drain: .inf")], ("rotations.yaml:5:", "defaults.verify.drain", "10 years")),
-    ("max-age-overflows", [("max_age: 30d", "max_age: 999999999999d")], ("rotations.yaml:4:", "defaults.max_age", "10 years")),
+    (
+        "drain-infinite",
+        [("drain: 1s", "drain: .inf")],
+        ("rotations.yaml:5:", "defaults.verify.drain", "10 years"),
+    ),
+    (
+        "max-age-overflows",
+        [("max_age: 30d", "max_age: 999999999999d")],
+        ("rotations.yaml:4:", "defaults.max_age", "10 years"),
+    ),
     ("max-age-eleven-years", [("max_age: 30d", "max_age: 4015d")], ("defaults.max_age", "3650d")),
     # names that would forge lines in plan and status
-    ("key-name-newline", [("  payments:", '  "payments\\nOK: all keys rotated":')], ("rotations.yaml:12:", "keys.'payments\\nOK: all keys rotated'", "a name is")),
-    ("key-name-bidi", [("  payments:", "  pay\u202estnem:")], ("rotations.yaml:12:", "keys.'pay\\u202estnem'", "a name is")),
+    (
+        "key-name-newline",
+        [("  payments:", '  "payments\\nOK: all keys rotated":')],
+        ("rotations.yaml:12:", "keys.'payments\\nOK: all keys rotated'", "a name is"),
+    ),
+    (
+        "key-name-bidi",
+        [("  payments:", "  pay\u202estnem:")],
+        ("rotations.yaml:12:", "keys.'pay\\u202estnem'", "a name is"),
+    ),
     ("issuer-name-space", [("  emu:", "  emu prod:")], ("issuers.'emu prod'", "a name is")),
-    ("issuer-ref-bidi", [("issuer: emu", "issuer: e\u202emu")], ("rotations.yaml:13:", "keys.payments.issuer", "a name is")),
-    ("target-path-newline", [("path: secrets/a.env", 'path: "secrets/a.env\\nok"')], ("keys.payments.targets.0.path", "control characters")),
+    (
+        "issuer-ref-bidi",
+        [("issuer: emu", "issuer: e\u202emu")],
+        ("rotations.yaml:13:", "keys.payments.issuer", "a name is"),
+    ),
+    (
+        "target-path-newline",
+        [("path: secrets/a.env", 'path: "secrets/a.env\\nok"')],
+        ("keys.payments.targets.0.path", "control characters"),
+    ),
     # plain http to a host that is not loopback, whatever its name looks like
-    ("http-to-nip-io", [("http://127.0.0.1:9", "http://127.0.0.1.nip.io:9")], ("rotations.yaml:9:", "issuers.emu.base_url", "only https")),
-    ("http-to-localhost-lookalike", [("http://127.0.0.1:9", "http://localhost.example.com:9")], ("issuers.emu.base_url", "only https")),
-    ("vault-over-http", [(TARGET, "{type: vault, url: 'http://vault:8200', path: a}")], ("keys.payments.targets.0.url", "only https")),
-    ("aws-endpoint-over-http", [(TARGET, "{type: aws, secret_id: a, endpoint_url: 'http://10.0.0.5:4566'}")], ("keys.payments.targets.0.endpoint_url", "only https")),
-    ("lease-endpoint-over-http", [("state_dir: state", "state_dir: state\nlease: {type: dynamodb, table: locks, endpoint_url: 'http://dynamo:8000'}")], ("lease.endpoint_url", "only https")),
+    (
+        "http-to-nip-io",
+        [("http://127.0.0.1:9", "http://127.0.0.1.nip.io:9")],
+        ("rotations.yaml:9:", "issuers.emu.base_url", "only https"),
+    ),
+    (
+        "http-to-localhost-lookalike",
+        [("http://127.0.0.1:9", "http://localhost.example.com:9")],
+        ("issuers.emu.base_url", "only https"),
+    ),
+    (
+        "vault-over-http",
+        [(TARGET, "{type: vault, url: 'http://vault:8200', path: a}")],
+        ("keys.payments.targets.0.url", "only https"),
+    ),
+    (
+        "aws-endpoint-over-http",
+        [(TARGET, "{type: aws, secret_id: a, endpoint_url: 'http://10.0.0.5:4566'}")],
+        ("keys.payments.targets.0.endpoint_url", "only https"),
+    ),
+    (
+        "lease-endpoint-over-http",
+        [
+            (
+                "state_dir: state",
+                "state_dir: state\nlease: {type: dynamodb, table: locks, endpoint_url: 'http://dynamo:8000'}",
+            )
+        ],
+        ("lease.endpoint_url", "only https"),
+    ),
     # a verify policy that can only end in a hold
-    ("timeout-shorter-than-drain", [("timeout: 60s", "timeout: 30s"), ("drain: 1s", "drain: 1m")], ("rotations.yaml:5:", "defaults.verify.timeout", "timeout 30s", "propagation 1s", "drain 1m")),
-    ("key-timeout-shorter-than-drain", [("    kind: agent", "    kind: agent\n    verify: {drain: 15m, timeout: 10m}")], ("rotations.yaml:15:", "keys.payments.verify.timeout", "timeout 10m", "propagation 2m", "drain 15m")),
+    (
+        "timeout-shorter-than-drain",
+        [("timeout: 60s", "timeout: 30s"), ("drain: 1s", "drain: 1m")],
+        ("rotations.yaml:5:", "defaults.verify.timeout", "timeout 30s", "propagation 1s", "drain 1m"),
+    ),
+    (
+        "key-timeout-shorter-than-drain",
+        [("    kind: agent", "    kind: agent\n    verify: {drain: 15m, timeout: 10m}")],
+        ("rotations.yaml:15:", "keys.payments.verify.timeout", "timeout 10m", "propagation 2m", "drain 15m"),
+    ),
 ]
 
 

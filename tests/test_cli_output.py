@@ -472,10 +472,17 @@ def test_cutover_window_is_printed(tmp_path: Path, emulator: EmulatorServer, cli
     raw = emulator.emulator.create_app("app_9")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    spec = write_rotation_file(tmp_path, adjutor_app_yaml(emulator.url, "app_9", [
-        "{type: file, path: secrets/app.key}",
-        "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
-    ]))
+    spec = write_rotation_file(
+        tmp_path,
+        adjutor_app_yaml(
+            emulator.url,
+            "app_9",
+            [
+                "{type: file, path: secrets/app.key}",
+                "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
+            ],
+        ),
+    )
     assert cli("-f", str(spec), "apply").code == 0
     rotated = cli("-f", str(spec), "rotate", "app")
     assert rotated.code == 0, rotated.err

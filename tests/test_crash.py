@@ -33,9 +33,7 @@ FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_PROBE_TIMEOUT": "5"}
 
 
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
-def test_sigkill_then_fresh_pass_converges(
-    tmp_path: Path, emulator: EmulatorServer, checkpoint: str
-) -> None:
+def test_sigkill_then_fresh_pass_converges(tmp_path: Path, emulator: EmulatorServer, checkpoint: str) -> None:
     """Killed at a step boundary, the next pass finishes safely and leaves no orphan."""
     admin = emulator.emulator.bootstrap_workspace_key()
     env = {ADMIN_ENV: admin, **FAST_ENV}
@@ -125,9 +123,7 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer, log_format
             first = read_dotenv_key(tmp_path / "secrets/a.env")
     second = read_dotenv_key(tmp_path / "secrets/a.env")
     assert first and second and first != second
-    written = [
-        p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()
-    ]
+    written = [p.read_text(errors="replace") for p in (tmp_path / "state").rglob("*") if p.is_file()]
     assert written, "state_dir should hold the journal"
     assert any("rotator.vendors" in o or "DEBUG" in o for o in outputs)
     if log_format == "json":  # stderr is log lines only, each one JSON

@@ -28,9 +28,7 @@ def _engine(path: Path) -> Engine:
     return Engine(load_rotation_file(path), base_dir=path.parent, settings=FAST)
 
 
-def test_overlap_rotation_with_live_consumer(
-    tmp_path: Path, emulator: EmulatorServer, admin: str
-) -> None:
+def test_overlap_rotation_with_live_consumer(tmp_path: Path, emulator: EmulatorServer, admin: str) -> None:
     """A full overlap rotation while a consumer keeps calling: it never sees a 401."""
     engine = _engine(write_spec(tmp_path, emulator))
     first = engine.apply(["payments"])[0]
@@ -83,10 +81,17 @@ def test_cutover_rotation_on_reset_vendor(tmp_path: Path, emulator: EmulatorServ
     raw = emulator.emulator.create_app("app_9")
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    spec = write_rotation_file(tmp_path, adjutor_app_yaml(emulator.url, "app_9", [
-        "{type: file, path: secrets/app.key}",
-        "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
-    ]))
+    spec = write_rotation_file(
+        tmp_path,
+        adjutor_app_yaml(
+            emulator.url,
+            "app_9",
+            [
+                "{type: file, path: secrets/app.key}",
+                "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
+            ],
+        ),
+    )
     engine = _engine(spec)
     adopt = engine.apply(["app"])[0]
     assert (adopt.outcome, adopt.steps) == ("ok", ["stage"])

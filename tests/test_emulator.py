@@ -70,8 +70,9 @@ def bearer(raw: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {raw}"}
 
 
-def mint(http: httpx.Client, admin: str, type_: str = "agent", agent_id: str | None = "pay",
-         name: str = "k") -> httpx.Response:
+def mint(
+    http: httpx.Client, admin: str, type_: str = "agent", agent_id: str | None = "pay", name: str = "k"
+) -> httpx.Response:
     body: dict[str, Any] = {"type": type_, "name": name}
     if type_ == "agent":
         body["agent_id"] = agent_id
@@ -86,8 +87,7 @@ def error_code(response: httpx.Response) -> str:
 
 
 def key_id(emu: Emulator, raw: str) -> str:
-    (info,) = [k for k in emu.adjudon_keys() if raw.startswith(k["prefix"]) and
-               k["status"] == "active"]
+    (info,) = [k for k in emu.adjudon_keys() if raw.startswith(k["prefix"]) and k["status"] == "active"]
     return str(info["id"])
 
 
@@ -134,9 +134,7 @@ def test_both_auth_headers(emu: Emulator, http: httpx.Client) -> None:
         ({"X-API-Key": "adj_agent_" + "f" * 48}, "INVALID_API_KEY"),
     ],
 )
-def test_401_codes(
-    emu: Emulator, http: httpx.Client, headers: dict[str, str], code: str
-) -> None:
+def test_401_codes(emu: Emulator, http: httpx.Client, headers: dict[str, str], code: str) -> None:
     """A missing, malformed or unknown key gets 401 with its own code."""
     emu.bootstrap_workspace_key()
     response = http.get("/api/v1/hash-chain/status", headers=headers)
@@ -257,8 +255,7 @@ def test_last_used_and_activity(emu: Emulator, http: httpx.Client, clock: Clock)
     assert data == {"key_id": agent["id"], "last_used_at": iso(used), "requests_since": 4}
     later = http.get(activity, params={"since": iso(last)}, headers=bearer(admin)).json()["data"]
     assert later["requests_since"] == 2  # since is inclusive: the last trace and the status call
-    assert http.get(activity, params={"since": "yesterday"}, headers=bearer(admin)).status_code \
-        == 422
+    assert http.get(activity, params={"since": "yesterday"}, headers=bearer(admin)).status_code == 422
     # Management calls count too: the admin key was just used.
     (admin_info,) = [k for k in emu.adjudon_keys() if k["type"] == "workspace"]
     assert admin_info["last_used_at"] == iso(clock.now)
@@ -269,11 +266,13 @@ def test_filtered_listing(emu: Emulator, http: httpx.Client) -> None:
     admin = emu.bootstrap_workspace_key()
     mint(http, admin, agent_id="a")
     mint(http, admin, agent_id="b")
-    listed = http.get("/api/v1/api-keys", params={"type": "agent", "agent_id": "b"},
-                      headers=bearer(admin)).json()["data"]
+    listed = http.get(
+        "/api/v1/api-keys", params={"type": "agent", "agent_id": "b"}, headers=bearer(admin)
+    ).json()["data"]
     assert [(k["type"], k["agent_id"]) for k in listed] == [("agent", "b")]
-    workspace = http.get("/api/v1/api-keys", params={"type": "workspace"},
-                         headers=bearer(admin)).json()["data"]
+    workspace = http.get("/api/v1/api-keys", params={"type": "workspace"}, headers=bearer(admin)).json()[
+        "data"
+    ]
     assert [k["prefix"] for k in workspace] == [admin[:13]]
 
 
@@ -316,9 +315,7 @@ def test_delete_is_idempotent_and_unknown_ids_404(emu: Emulator, http: httpx.Cli
 # ------------------------------------------------------------------------ hash chain
 
 
-def test_hash_chain_status_verify_and_tamper(
-    emu: Emulator, http: httpx.Client, clock: Clock
-) -> None:
+def test_hash_chain_status_verify_and_tamper(emu: Emulator, http: httpx.Client, clock: Clock) -> None:
     """The chain links each trace to the head, counts traces per key and finds a tampered one."""
     admin = emu.bootstrap_workspace_key()
     agent = mint(http, admin).json()["data"]
@@ -332,9 +329,10 @@ def test_hash_chain_status_verify_and_tamper(
         trace_id = http.post("/api/v1/traces", json=body, headers=bearer(raw)).json()["data"]["id"]
         times.append(clock.now)
         payload = json.dumps(
-            {"id": trace_id, "key_id": key_id(emu, raw), "received_at": iso(clock.now),
-             "body": body},
-            sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+            {"id": trace_id, "key_id": key_id(emu, raw), "received_at": iso(clock.now), "body": body},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
         )
         head = hashlib.sha256((head + payload).encode()).hexdigest()
     status = http.get("/api/v1/hash-chain/status", headers=bearer(admin)).json()["data"]
@@ -345,10 +343,13 @@ def test_hash_chain_status_verify_and_tamper(
         assert response.status_code == 200
         return dict(response.json()["data"])
 
-    assert verify() == {"valid": True, "checked": 3, "first_invalid": None,
-                        "traces_by_key": {agent["id"]: 2, key_id(emu, admin): 1}}
-    assert verify(**{"from": iso(times[1])})["traces_by_key"] == {
-        agent["id"]: 1, key_id(emu, admin): 1}
+    assert verify() == {
+        "valid": True,
+        "checked": 3,
+        "first_invalid": None,
+        "traces_by_key": {agent["id"]: 2, key_id(emu, admin): 1},
+    }
+    assert verify(**{"from": iso(times[1])})["traces_by_key"] == {agent["id"]: 1, key_id(emu, admin): 1}
     assert verify(to=iso(times[0]))["checked"] == 1
     emu.tamper_trace(1)
     broken = verify()
@@ -386,8 +387,7 @@ def test_adjutor_auth_and_scope(emu: Emulator, http: httpx.Client) -> None:
     """Adjútor wants a Bearer key of the same app; karma takes any app's key."""
     key_a = emu.create_app("app_a")
     emu.create_app("app_b")
-    for headers in ({}, {"X-API-Key": key_a}, bearer("sk_live_short"),
-                    bearer("sk_live_" + "Z" * 40)):
+    for headers in ({}, {"X-API-Key": key_a}, bearer("sk_live_short"), bearer("sk_live_" + "Z" * 40)):
         response = http.get("/v2/apps/app_a", headers=headers)
         assert response.status_code == 401
         assert response.json()["status"] == "error"
@@ -503,9 +503,7 @@ def test_no_raw_key_is_kept_or_shown(emu: Emulator, http: httpx.Client) -> None:
     admin = emu.bootstrap_workspace_key()
     agent = mint(http, admin).json()["data"]["key"]
     old_app = emu.create_app("app_1")
-    new_app = http.post("/v2/apps/app_1/key/reset", headers=bearer(old_app)).json()["data"][
-        "api_key"
-    ]
+    new_app = http.post("/v2/apps/app_1/key/reset", headers=bearer(old_app)).json()["data"]["api_key"]
     http.post("/api/v1/traces", json={"ok": True}, headers=bearer(agent))
     raws = [admin, agent, old_app, new_app]
     shown = repr((emu.request_log(), emu.adjudon_keys(), emu.app_info("app_1")))

@@ -105,11 +105,14 @@ def world(
         f'{{type: vault, url: "{openbao_server.url}", mount: secret, path: "fanout/{suffix}", field: api_key}}',
         f'{{type: gcp, project: p, secret: "fanout-{suffix}", endpoint: "{gcp_server.address}", consumers_read: alias}}',
     ]
-    path = write_rotation_file(tmp_path, rotation_yaml(
-        defaults={"verify": "{drain: 1s, propagation: 1s, timeout: 60s}"},
-        issuers={"emu": adjudon_issuer(emulator.url)},
-        keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": targets}},
-    ))
+    path = write_rotation_file(
+        tmp_path,
+        rotation_yaml(
+            defaults={"verify": "{drain: 1s, propagation: 1s, timeout: 60s}"},
+            issuers={"emu": adjudon_issuer(emulator.url)},
+            keys={"payments": {"issuer": "emu", "kind": "agent", "agent_id": "payments", "targets": targets}},
+        ),
+    )
     sm = boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
     vault = openbao_server.client()
     gcp = gcp_server.client()

@@ -32,8 +32,12 @@ CANARY = f"cny{uuid.uuid4().hex[:12]}"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _store(base: Path, name: str = "app.env", fmt: str = "dotenv", field: str | None = "API_KEY",
-           ) -> FileStore:
+def _store(
+    base: Path,
+    name: str = "app.env",
+    fmt: str = "dotenv",
+    field: str | None = "API_KEY",
+) -> FileStore:
     (base / "secrets").mkdir(exist_ok=True)
     target = FileTarget.model_validate(
         {"type": "file", "path": f"secrets/{name}", "format": fmt, "field": field}
@@ -117,9 +121,7 @@ def test_failed_replace_leaves_old_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert json.loads(store.path.read_text()) == {"api_key": new.reveal(), "region": "eu"}
 
 
-def test_crash_between_file_and_sidecar_converges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_between_file_and_sidecar_converges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """If promote dies after the consumer file is written, the value reads unstamped and a
     second promote finishes the job."""
     store = _store(tmp_path)
@@ -163,7 +165,7 @@ OTHER='lit $x'
         ("adj_live_0123abcdef", "adj_live_0123abcdef"),
         ("has space#and$dollar", "'has space#and$dollar'"),
         ("it's", '"it\'s"'),
-        ('both"\'\\', '"both\\"\'\\\\"'),
+        ("both\"'\\", '"both\\"\'\\\\"'),
     ],
 )
 def test_dotenv_quotes_only_when_needed(tmp_path: Path, raw: str, written: str) -> None:
@@ -302,9 +304,13 @@ def test_threads_racing_one_wins(tmp_path: Path) -> None:
         barrier = threading.Barrier(2)
         outcomes: dict[str, str] = {}
 
-        def contend(tag: str, store: FileStore = store, expected: str | None = expected,
-                    barrier: threading.Barrier = barrier, outcomes: dict[str, str] = outcomes,
-                    ) -> None:
+        def contend(
+            tag: str,
+            store: FileStore = store,
+            expected: str | None = expected,
+            barrier: threading.Barrier = barrier,
+            outcomes: dict[str, str] = outcomes,
+        ) -> None:
             value = Secret(f"value-{tag}")
             barrier.wait()
             try:

@@ -74,12 +74,17 @@ class _Racing:
 def test_client_round_trip(gcp_server: FakeSecretManager) -> None:
     """The real client creates, adds and accesses by number, latest and alias."""
     client = gcp_server.client()
-    secret = client.create_secret(parent=f"projects/{PROJECT}", secret_id=f"rt-{uuid.uuid4().hex}",
-                                  secret={"replication": {"automatic": {}}})
+    secret = client.create_secret(
+        parent=f"projects/{PROJECT}",
+        secret_id=f"rt-{uuid.uuid4().hex}",
+        secret={"replication": {"automatic": {}}},
+    )
     first = client.add_secret_version(parent=secret.name, payload={"data": b"one"})
     client.add_secret_version(parent=secret.name, payload={"data": b"two"})
-    updated = client.update_secret(secret={"name": secret.name, "version_aliases": {"live": 1}},
-                                   update_mask={"paths": ["version_aliases"]})
+    updated = client.update_secret(
+        secret={"name": secret.name, "version_aliases": {"live": 1}},
+        update_mask={"paths": ["version_aliases"]},
+    )
     assert updated.etag != secret.etag
     assert client.access_secret_version(name=first.name).payload.data == b"one"
     assert client.access_secret_version(name=f"{secret.name}/versions/latest").payload.data == b"two"
@@ -87,8 +92,11 @@ def test_client_round_trip(gcp_server: FakeSecretManager) -> None:
     listed = [v.name.rsplit("/", 1)[1] for v in client.list_secret_versions(parent=secret.name)]
     assert listed == ["2", "1"]
     with pytest.raises(gexc.AlreadyExists):
-        client.create_secret(parent=f"projects/{PROJECT}", secret_id=secret.name.split("/")[-1],
-                             secret={"replication": {"automatic": {}}})
+        client.create_secret(
+            parent=f"projects/{PROJECT}",
+            secret_id=secret.name.split("/")[-1],
+            secret={"replication": {"automatic": {}}},
+        )
     with pytest.raises(gexc.NotFound):
         client.access_secret_version(name=f"{secret.name}/versions/nosuch")
 
@@ -96,10 +104,14 @@ def test_client_round_trip(gcp_server: FakeSecretManager) -> None:
 def test_etag_mismatch_codes(gcp_server: FakeSecretManager) -> None:
     """A stale etag answers FAILED_PRECONDITION (as documented), or ABORTED when told to."""
     client = gcp_server.client()
-    secret = client.create_secret(parent=f"projects/{PROJECT}", secret_id=f"e-{uuid.uuid4().hex}",
-                                  secret={"replication": {"automatic": {}}})
-    client.update_secret(secret={"name": secret.name, "labels": {"a": "b"}},
-                         update_mask={"paths": ["labels"]})
+    secret = client.create_secret(
+        parent=f"projects/{PROJECT}",
+        secret_id=f"e-{uuid.uuid4().hex}",
+        secret={"replication": {"automatic": {}}},
+    )
+    client.update_secret(
+        secret={"name": secret.name, "labels": {"a": "b"}}, update_mask={"paths": ["labels"]}
+    )
     stale = {"name": secret.name, "etag": secret.etag, "labels": {"a": "c"}}
     with pytest.raises(gexc.FailedPrecondition):
         client.update_secret(secret=stale, update_mask={"paths": ["labels"]})
@@ -153,8 +165,9 @@ def test_etag_race_during_stage(
     revision = store.read().revision
 
     def other() -> None:
-        harness.client.update_secret(secret={"name": harness.path(store), "labels": {"x": "y"}},
-                                     update_mask={"paths": ["labels"]})
+        harness.client.update_secret(
+            secret={"name": harness.path(store), "labels": {"x": "y"}}, update_mask={"paths": ["labels"]}
+        )
 
     racing = _Racing(harness.client, "update_secret", other)
     conditional = open_store(store.target, base_dir=Path(), client=racing)
@@ -173,9 +186,11 @@ def test_reserved_number_taken_by_another_writer(harness: GcpHarness) -> None:
     """When another writer adds a version between our reservation and our add, the stamp moves."""
     store = harness.make_store()
     _rotate(store, "k-one")
-    racing = _Racing(harness.client, "add_secret_version",
-                     lambda: harness.client.add_secret_version(parent=harness.path(store),
-                                                               payload={"data": b"k-other"}))
+    racing = _Racing(
+        harness.client,
+        "add_secret_version",
+        lambda: harness.client.add_secret_version(parent=harness.path(store), payload={"data": b"k-other"}),
+    )
     racer = open_store(store.target, base_dir=Path(), client=racing)
     attempt = _stage(racer, "k-two")
     state = store.read()
@@ -191,8 +206,9 @@ def test_lost_add_is_retried_once(harness: GcpHarness) -> None:
     _rotate(store, "k-one")
     value = Secret("k-two")
     stamp = Stamp("key_2", value.fingerprint, str(uuid.uuid4()))
-    racing = _Racing(harness.client, "add_secret_version",
-                     lambda: harness.server.inject(grpc.StatusCode.UNAVAILABLE))
+    racing = _Racing(
+        harness.client, "add_secret_version", lambda: harness.server.inject(grpc.StatusCode.UNAVAILABLE)
+    )
     with pytest.raises(StoreUnavailable):
         open_store(store.target, base_dir=Path(), client=racing).stage(value, stamp, expected=None)
     assert store.read().pending is None
@@ -245,9 +261,10 @@ def test_pruning(harness: GcpHarness) -> None:
     previous = _rotate(store, "k-0")
     theirs = {"owner": "team-a", "rotator-vnote": "kept"}
     annotations = dict(harness.client.get_secret(name=harness.path(store)).annotations)
-    harness.client.update_secret(secret={"name": harness.path(store),
-                                         "annotations": {**annotations, **theirs}},
-                                 update_mask={"paths": ["annotations"]})
+    harness.client.update_secret(
+        secret={"name": harness.path(store), "annotations": {**annotations, **theirs}},
+        update_mask={"paths": ["annotations"]},
+    )
     for i in range(1, 4):
         attempt = _rotate(store, f"k-{i}")
         store.disable_version(previous)
@@ -277,10 +294,13 @@ def test_mismatched_stamp_is_ignored(harness: GcpHarness) -> None:
     harness.client.add_secret_version(parent=harness.path(store), payload={"data": b"k-other"})
     forged = Stamp("key_9", Secret("k-elsewhere").fingerprint, str(uuid.uuid4()))
     harness.client.update_secret(
-        secret={"name": harness.path(store), "annotations": {
-            "rotator-v1": '{"k":"key_9","f":"000000000000","a":"x","p":"2025-01-01T00:00:00Z"}',
-            "rotator-v2": json.dumps({"k": forged.key_id, "f": forged.fingerprint,
-                                      "a": forged.attempt})}},
+        secret={
+            "name": harness.path(store),
+            "annotations": {
+                "rotator-v1": '{"k":"key_9","f":"000000000000","a":"x","p":"2025-01-01T00:00:00Z"}',
+                "rotator-v2": json.dumps({"k": forged.key_id, "f": forged.fingerprint, "a": forged.attempt}),
+            },
+        },
         update_mask={"paths": ["annotations"]},
     )
     state = store.read()
@@ -359,14 +379,14 @@ def test_remote_endpoint_needs_credentials(
     """Any other endpoint takes TLS and application default credentials, or says none exist."""
     assert _is_loopback("127.0.0.1:8085") and _is_loopback("localhost:1")
     assert _is_loopback("[::1]:443") and not _is_loopback("secretmanager.googleapis.com:443")
-    target = GcpHarness(gcp_server).target("remote").model_copy(
-        update={"endpoint": "sm.example.com:443"})
+    target = GcpHarness(gcp_server).target("remote").model_copy(update={"endpoint": "sm.example.com:443"})
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     with pytest.raises(StoreAccessDenied, match="application default credentials"):
         open_store(target, base_dir=Path()).read()
     adc = tmp_path / "adc.json"
-    adc.write_text(json.dumps({"type": "authorized_user", "client_id": "c",
-                               "client_secret": "s", "refresh_token": "r"}))
+    adc.write_text(
+        json.dumps({"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"})
+    )
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
     client = open_store(target, base_dir=Path())._client
     assert client.api_endpoint == "sm.example.com:443"

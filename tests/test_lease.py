@@ -34,7 +34,9 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """A subprocess that holds the lease on 'payments' until its stdin gets a line."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLDER, str(tmp_path), "payments", "cron@box-1"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     try:
@@ -50,9 +52,7 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 @pytest.mark.timeout(30)
-def test_another_process_is_refused_and_named(
-    tmp_path: Path, holder: subprocess.Popen[str]
-) -> None:
+def test_another_process_is_refused_and_named(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     """While a process holds a key, acquiring it fails at once naming the holder and since when."""
     lease = FileLease(tmp_path, owner="alice@laptop")
     before = datetime.now(UTC)
@@ -76,9 +76,7 @@ def test_another_process_is_refused_and_named(
 
 
 @pytest.mark.timeout(30)
-def test_lease_is_released_when_the_holder_is_killed(
-    tmp_path: Path, holder: subprocess.Popen[str]
-) -> None:
+def test_lease_is_released_when_the_holder_is_killed(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
     """SIGKILL of the holder frees the key: the kernel drops the lock with the process."""
     lease = FileLease(tmp_path)
     with pytest.raises(LeaseBusy), lease.acquire("payments"):

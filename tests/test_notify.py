@@ -332,9 +332,10 @@ def test_cutover_reset_is_one_completed_message(
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/app.key").write_text(raw + "\n")
     notify = f"notify:\n  - {{url: {{env: {URL_ENV}}}, on: [completed, held, failed]}}\n"
-    write_rotation_file(tmp_path, adjutor_app_yaml(
-        emulator.url, "app_9", ["{type: file, path: secrets/app.key}"], extra=notify
-    ))
+    write_rotation_file(
+        tmp_path,
+        adjutor_app_yaml(emulator.url, "app_9", ["{type: file, path: secrets/app.key}"], extra=notify),
+    )
     env = {URL_ENV: receiver.url, **FAST_ENV}
     assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0  # adopts the stored key
     assert receiver.events() == []

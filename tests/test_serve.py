@@ -176,7 +176,9 @@ def test_sigterm_during_a_mint_stores_the_key_first(
     tmp_path: Path, emulator: EmulatorServer, admin: str, served: list[Served]
 ) -> None:
     """SIGTERM while the vendor is answering a mint: the key is stored before the daemon exits 0."""
-    path = write_spec(tmp_path, emulator, drain="10m", propagation="0s", timeout="1h", max_age="2s", targets=1)
+    path = write_spec(
+        tmp_path, emulator, drain="10m", propagation="0s", timeout="1h", max_age="2s", targets=1
+    )
     with Engine(load_rotation_file(path), base_dir=tmp_path, settings=FAST) as engine:
         assert engine.apply(["payments"])[0].outcome == "ok"
     old = read_dotenv_key(tmp_path / "secrets/a.env")

@@ -73,7 +73,10 @@ def test_design_example_parses() -> None:
             ("region: eu-west-1}", "region: eu-west-1, colour: red}"),
             "r.yaml:35: keys.lendsqr-app.targets.0.colour: unknown field",
         ),
-        (("issuer: lendsqr\n", "issuer: nobody\n"), "r.yaml:33: keys.lendsqr-app.issuer: unknown issuer 'nobody'"),
+        (
+            ("issuer: lendsqr\n", "issuer: nobody\n"),
+            "r.yaml:33: keys.lendsqr-app.issuer: unknown issuer 'nobody'",
+        ),
         (
             (
                 "    targets:\n      - {type: aws, secret_id: prod/lendsqr",

@@ -22,9 +22,15 @@ def test_prefix_comes_from_the_vendor_key() -> None:
     key = VendorKey("AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE", "rotator:ci:a", "active", T0)
     stored = StoredVersion("1", value, Stamp(key.id, value.fingerprint, "a", T0))
     obs = Observation(
-        key="ci", now=T0 + timedelta(days=1), vendor=(key,), targets=(TargetObs("aws:ci", TargetState(stored, None)),),
-        capabilities=Capabilities(2, True, 20), strategy="overlap", policy=VerifyPolicy(),
-        max_age=timedelta(days=30), owners={value.fingerprint: (key.id,)},
+        key="ci",
+        now=T0 + timedelta(days=1),
+        vendor=(key,),
+        targets=(TargetObs("aws:ci", TargetState(stored, None)),),
+        capabilities=Capabilities(2, True, 20),
+        strategy="overlap",
+        policy=VerifyPolicy(),
+        max_age=timedelta(days=30),
+        owners={value.fingerprint: (key.id,)},
     )
     view = describe(obs, decide(obs))
     assert view["targets"][0]["current"]["prefix"] == "AKIAIOSFODNN7EXAMPLE"

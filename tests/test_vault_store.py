@@ -45,8 +45,9 @@ def stage(store: VaultStore, raw: str, key_id: str = "key_1") -> Stamp:
 
 
 def stamp_keys(meta: dict[str, Any]) -> set[int]:
-    return {int(k.removeprefix("rotator-v")) for k in meta["custom_metadata"] or {}
-            if k.startswith("rotator-v")}
+    return {
+        int(k.removeprefix("rotator-v")) for k in meta["custom_metadata"] or {} if k.startswith("rotator-v")
+    }
 
 
 @pytest.fixture
@@ -82,16 +83,16 @@ def test_cas_required_mount_works(
     second = rotate(store, "sk_second")
     state = store.read()
     assert state.current is not None and state.current.stamp == Stamp(
-        "key_1", second.fingerprint, second.attempt, NOW)
+        "key_1", second.fingerprint, second.attempt, NOW
+    )
     assert state.current.value == Secret("sk_second") and state.pending is None
     with pytest.raises(hvac.exceptions.InvalidRequest, match="check-and-set"):
         openbao_server.client().secrets.kv.v2.create_or_update_secret(
-            path=store.target.path, secret={"api_key": "blind"}, mount_point=cas_mount)
+            path=store.target.path, secret={"api_key": "blind"}, mount_point=cas_mount
+        )
 
 
-def test_stamps_live_in_custom_metadata_never_in_data(
-    harness: VaultHarness, store: VaultStore
-) -> None:
+def test_stamps_live_in_custom_metadata_never_in_data(harness: VaultHarness, store: VaultStore) -> None:
     """The stamp (with a canary key id) is in custom_metadata; the data holds only the fields."""
     harness.write_data(store, {"api_key": "sk_old", "DB_URL": "postgres://db/app"})
     canary = f"canary-{uuid.uuid4().hex}"
@@ -134,8 +135,11 @@ def test_old_stamps_are_pruned(harness: VaultHarness, store: VaultStore) -> None
     """Stamps of versions KV no longer keeps are removed; other custom_metadata stays."""
     client = harness.server.client()
     client.secrets.kv.v2.update_metadata(
-        path=store.target.path, mount_point="secret", max_versions=3,
-        custom_metadata={"owner": "payments-team", "rotator-v99": "left by a lost write"})
+        path=store.target.path,
+        mount_point="secret",
+        max_versions=3,
+        custom_metadata={"owner": "payments-team", "rotator-v99": "left by a lost write"},
+    )
     for i in range(6):
         rotate(store, f"sk_{i}")
     meta = harness.metadata(store)
@@ -182,7 +186,8 @@ def test_concurrent_metadata_write_is_a_conflict(
 
     def racing(**kwargs: Any) -> Any:
         openbao_server.client().adapter.post(
-            url=kwargs["url"], json={"custom_metadata": {"owner": "someone"}})
+            url=kwargs["url"], json={"custom_metadata": {"owner": "someone"}}
+        )
         return post(**kwargs)
 
     monkeypatch.setattr(client.adapter, "post", racing)
@@ -216,9 +221,13 @@ def test_approle_login(
     root = openbao_server.client()
     if "approle/" not in root.sys.list_auth_methods()["data"]:
         root.sys.enable_auth_method("approle")
-    root.sys.create_or_update_policy(name="rotator-approle", policy=(
-        'path "secret/data/contract/*" { capabilities = ["create", "read", "update"] }\n'
-        'path "secret/metadata/contract/*" { capabilities = ["create", "read", "update"] }\n'))
+    root.sys.create_or_update_policy(
+        name="rotator-approle",
+        policy=(
+            'path "secret/data/contract/*" { capabilities = ["create", "read", "update"] }\n'
+            'path "secret/metadata/contract/*" { capabilities = ["create", "read", "update"] }\n'
+        ),
+    )
     root.auth.approle.create_or_update_approle("rotator", token_policies=["rotator-approle"])
     role_id = root.auth.approle.read_role_id("rotator")["data"]["role_id"]
     secret_id = root.auth.approle.generate_secret_id("rotator")["data"]["secret_id"]
@@ -237,17 +246,25 @@ def test_approle_login(
 
 
 def test_policy_limited_token_is_denied_clearly(
-    openbao_server: OpenBaoServer, harness: VaultHarness, store: VaultStore,
+    openbao_server: OpenBaoServer,
+    harness: VaultHarness,
+    store: VaultStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A read-only token reads, but staging and check_access are denied, naming path and policy."""
     rotate(store, "sk_secret_value")
-    openbao_server.client().sys.create_or_update_policy(name="rotator-read-only", policy=(
-        f'path "secret/data/{store.target.path}" {{ capabilities = ["read"] }}\n'
-        f'path "secret/metadata/{store.target.path}" {{ capabilities = ["read"] }}\n'))
+    openbao_server.client().sys.create_or_update_policy(
+        name="rotator-read-only",
+        policy=(
+            f'path "secret/data/{store.target.path}" {{ capabilities = ["read"] }}\n'
+            f'path "secret/metadata/{store.target.path}" {{ capabilities = ["read"] }}\n'
+        ),
+    )
     monkeypatch.setenv("READ_ONLY_TOKEN", openbao_server.token("rotator-read-only"))
-    reader = open_store(store.target.model_copy(
-        update={"auth": VaultAuth(token_env="READ_ONLY_TOKEN")}), base_dir=harness.base_dir)
+    reader = open_store(
+        store.target.model_copy(update={"auth": VaultAuth(token_env="READ_ONLY_TOKEN")}),
+        base_dir=harness.base_dir,
+    )
     state = reader.read()
     assert state.current is not None and state.current.value == Secret("sk_secret_value")
     with pytest.raises(StoreAccessDenied, match="lacks update on secret/data/") as denied:
@@ -283,14 +300,17 @@ def test_unreachable_server_is_unavailable(tmp_path: Path, monkeypatch: pytest.M
     assert isinstance(exc.value, Transient)
 
 
-@pytest.mark.parametrize(("url", "ok"), [
-    ("https://vault.example:8200", True),
-    ("http://127.0.0.1:8200", True),
-    ("http://localhost:8200", True),
-    ("http://[::1]:8200", True),
-    ("http://vault.example:8200", False),
-    ("ftp://127.0.0.1", False),
-])
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://vault.example:8200", True),
+        ("http://127.0.0.1:8200", True),
+        ("http://localhost:8200", True),
+        ("http://[::1]:8200", True),
+        ("http://vault.example:8200", False),
+        ("ftp://127.0.0.1", False),
+    ],
+)
 def test_plain_http_only_to_loopback(url: str, ok: bool, tmp_path: Path) -> None:
     """Only a loopback address may be spoken to without TLS."""
     # validate refuses the bad ones already; the store checks again for specs built in code
@@ -306,8 +326,7 @@ def test_kubernetes_auth_needs_role_and_token_file(tmp_path: Path) -> None:
     """Kubernetes auth without a role is a ConfigError; a missing JWT file is access denied."""
     base = VaultTarget(type="vault", url="http://127.0.0.1:1", path="x")
     with pytest.raises(ConfigError, match="role"):
-        open_store(base.model_copy(update={"auth": VaultAuth(method="kubernetes")}),
-                   base_dir=tmp_path)
+        open_store(base.model_copy(update={"auth": VaultAuth(method="kubernetes")}), base_dir=tmp_path)
     auth = VaultAuth(method="kubernetes", role="rotator", jwt_path="no/such/token")
     store = open_store(base.model_copy(update={"auth": auth}), base_dir=tmp_path)
     with pytest.raises(StoreAccessDenied, match="service account token"):

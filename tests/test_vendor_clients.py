@@ -80,26 +80,41 @@ def err(status: int, code: str, *, data: Any = None, headers: Any = None) -> htt
     error: dict[str, Any] = {"code": code, "message": f"{code.lower()} happened"}
     if data is not None:
         error["data"] = data
-    return httpx.Response(
-        status, json={"error": error, "request_id": "req_123"}, headers=headers or {}
-    )
+    return httpx.Response(status, json={"error": error, "request_id": "req_123"}, headers=headers or {})
 
 
-def key_info(key_id: str = "key_1", *, kind: str = "workspace", agent_id: str | None = None,
-             prefix: str | None = None, status: str = "active", **over: Any) -> dict[str, Any]:
+def key_info(
+    key_id: str = "key_1",
+    *,
+    kind: str = "workspace",
+    agent_id: str | None = None,
+    prefix: str | None = None,
+    status: str = "active",
+    **over: Any,
+) -> dict[str, Any]:
     info = {
-        "id": key_id, "type": kind, "name": f"rotator-{key_id}",
+        "id": key_id,
+        "type": kind,
+        "name": f"rotator-{key_id}",
         "prefix": prefix or (WS_KEY[:13] if kind == "workspace" else AGENT_KEY[:13]),
-        "agent_id": agent_id, "status": status, "created_at": T0,
-        "revoked_at": T0 if status == "revoked" else None, "last_used_at": None,
+        "agent_id": agent_id,
+        "status": status,
+        "created_at": T0,
+        "revoked_at": T0 if status == "revoked" else None,
+        "last_used_at": None,
     }
     info.update(over)
     return info
 
 
 def app_info(prefix: str = APP_KEY[:12], **over: Any) -> dict[str, Any]:
-    info = {"app_id": "app_123", "name": "payments", "key_prefix": prefix,
-            "key_created_at": T0, "last_used_at": "2026-01-03T00:00:00Z"}
+    info = {
+        "app_id": "app_123",
+        "name": "payments",
+        "key_prefix": prefix,
+        "key_created_at": T0,
+        "last_used_at": "2026-01-03T00:00:00Z",
+    }
     info.update(over)
     return info
 
@@ -111,23 +126,36 @@ class Sleeps(list[float]):
         self.append(seconds)
 
 
-def adjudon(handler: Handler, *, kind: str = "workspace", agent_id: str | None = None,
-            retry: RetryPolicy = FAST, sleeps: Sleeps | None = None,
-            credential: str = WS_KEY) -> AdjudonIssuer:
+def adjudon(
+    handler: Handler,
+    *,
+    kind: str = "workspace",
+    agent_id: str | None = None,
+    retry: RetryPolicy = FAST,
+    sleeps: Sleeps | None = None,
+    credential: str = WS_KEY,
+) -> AdjudonIssuer:
     return AdjudonIssuer(
-        "adjudon-prod", BASE, kind=kind, agent_id=agent_id,  # type: ignore[arg-type]
+        "adjudon-prod",
+        BASE,
+        kind=kind,
+        agent_id=agent_id,  # type: ignore[arg-type]
         credential=lambda: Secret(credential),
         http=httpx.Client(transport=httpx.MockTransport(handler)),
-        retry=retry, sleep=sleeps if sleeps is not None else Sleeps(),
+        retry=retry,
+        sleep=sleeps if sleeps is not None else Sleeps(),
     )
 
 
-def adjutor(handler: Handler, *, retry: RetryPolicy = FAST,
-            sleeps: Sleeps | None = None) -> AdjutorIssuer:
+def adjutor(handler: Handler, *, retry: RetryPolicy = FAST, sleeps: Sleeps | None = None) -> AdjutorIssuer:
     return AdjutorIssuer(
-        "lendsqr", "https://adjutor.test", app_id="app_123", credential=lambda: Secret(APP_KEY),
+        "lendsqr",
+        "https://adjutor.test",
+        app_id="app_123",
+        credential=lambda: Secret(APP_KEY),
         http=httpx.Client(transport=httpx.MockTransport(handler)),
-        retry=retry, sleep=sleeps if sleeps is not None else Sleeps(),
+        retry=retry,
+        sleep=sleeps if sleeps is not None else Sleeps(),
     )
 
 
@@ -146,8 +174,15 @@ def records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixtu
 
 def test_list_keys_workspace_scope() -> None:
     """A workspace issuer asks for workspace keys and drops anything of another scope."""
-    rec = Recorder(ok([key_info("k1"), key_info("k2", status="revoked"),
-                       key_info("a1", kind="agent", agent_id="payments")]))
+    rec = Recorder(
+        ok(
+            [
+                key_info("k1"),
+                key_info("k2", status="revoked"),
+                key_info("a1", kind="agent", agent_id="payments"),
+            ]
+        )
+    )
     keys = adjudon(rec).list_keys()
     assert [(k.id, k.status) for k in keys] == [("k1", "active"), ("k2", "revoked")]
     request = rec.requests[0]
@@ -158,8 +193,14 @@ def test_list_keys_workspace_scope() -> None:
 
 def test_list_keys_agent_scope() -> None:
     """An agent issuer asks for its agent_id and drops keys of other agents."""
-    rec = Recorder(ok([key_info("a1", kind="agent", agent_id="payments"),
-                       key_info("a2", kind="agent", agent_id="billing")]))
+    rec = Recorder(
+        ok(
+            [
+                key_info("a1", kind="agent", agent_id="payments"),
+                key_info("a2", kind="agent", agent_id="billing"),
+            ]
+        )
+    )
     issuer = adjudon(rec, kind="agent", agent_id="payments")
     assert [k.id for k in issuer.list_keys()] == ["a1"]
     assert dict(rec.requests[0].url.params) == {"type": "agent", "agent_id": "payments"}
@@ -173,15 +214,16 @@ def test_credential_is_read_for_every_request() -> None:
     current = [WS_KEY]
     rec = Recorder(ok([]))
     issuer = AdjudonIssuer(
-        "adjudon-prod", BASE, kind="workspace", credential=lambda: Secret(current[0]),
+        "adjudon-prod",
+        BASE,
+        kind="workspace",
+        credential=lambda: Secret(current[0]),
         http=httpx.Client(transport=httpx.MockTransport(rec)),
     )
     issuer.list_keys()
     current[0] = WS_KEY_2
     issuer.list_keys()
-    assert [r.headers["authorization"] for r in rec.requests] == [
-        f"Bearer {WS_KEY}", f"Bearer {WS_KEY_2}"
-    ]
+    assert [r.headers["authorization"] for r in rec.requests] == [f"Bearer {WS_KEY}", f"Bearer {WS_KEY_2}"]
 
 
 def test_mint_workspace_key() -> None:
@@ -200,9 +242,7 @@ def test_mint_agent_key_sends_scope() -> None:
     rec = Recorder(ok(info, status=201))
     minted = adjudon(rec, kind="agent", agent_id="payments").mint("n")
     assert minted.key.prefix == AGENT_KEY[:13]
-    assert json.loads(rec.requests[0].content) == {
-        "type": "agent", "name": "n", "agent_id": "payments"
-    }
+    assert json.loads(rec.requests[0].content) == {"type": "agent", "name": "n", "agent_id": "payments"}
 
 
 def test_activity_revoke_and_chain() -> None:
@@ -220,8 +260,7 @@ def test_activity_revoke_and_chain() -> None:
             return ok({"length": 12, "head": "ab" * 32})
         assert route == ("POST", "/api/v1/hash-chain/verify")
         assert json.loads(request.content) == {"from": "2026-01-02T00:00:00.000000Z"}
-        return ok({"valid": False, "checked": 12, "first_invalid": 4,
-                   "traces_by_key": {"k/1": 9}})
+        return ok({"valid": False, "checked": 12, "first_invalid": 4, "traces_by_key": {"k/1": 9}})
 
     issuer = adjudon(handler)
     act = issuer.activity("k/1", since)
@@ -235,8 +274,9 @@ def test_activity_revoke_and_chain() -> None:
 
 def test_probe_uses_the_probed_value() -> None:
     """probe sends the value under test: 200 is True, 401 and 403 are False."""
-    rec = Recorder(httpx.Response(200, json={"status": "ok"}),
-                   err(401, "INVALID_API_KEY"), err(403, "FORBIDDEN"))
+    rec = Recorder(
+        httpx.Response(200, json={"status": "ok"}), err(401, "INVALID_API_KEY"), err(403, "FORBIDDEN")
+    )
     issuer = adjudon(rec)
     assert [issuer.probe(Secret(AGENT_KEY)) for _ in range(3)] == [True, False, False]
     assert rec.requests[0].url.path == "/health"
@@ -255,8 +295,13 @@ def test_matches_by_prefix_and_format() -> None:
     """matches needs the scope's format and the key's prefix."""
     issuer = adjudon(Recorder(ok([])))
     listed = key_info("k1", prefix=WS_KEY[:13])
-    key = VendorKey(id="k1", prefix=listed["prefix"], name="n", status="active",
-                    created_at=datetime(2026, 1, 1, tzinfo=UTC))
+    key = VendorKey(
+        id="k1",
+        prefix=listed["prefix"],
+        name="n",
+        status="active",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     assert issuer.matches(Secret(WS_KEY), key)
     assert not issuer.matches(Secret(WS_KEY_2), key)
     assert not issuer.matches(Secret(WS_KEY[:13] + "x" * 59), key)
@@ -315,16 +360,21 @@ def test_retry_after_http_date_is_honoured() -> None:
     when = format_datetime(now + timedelta(seconds=42), usegmt=True)
     rec = Recorder(err(503, "SERVICE_UNAVAILABLE", headers={"Retry-After": when}), ok([]))
     sleeps = Sleeps()
-    http = VendorHTTP("v", BASE, http=httpx.Client(transport=httpx.MockTransport(rec)),
-                      retry=FAST, sleep=sleeps, clock=lambda: now)
+    http = VendorHTTP(
+        "v",
+        BASE,
+        http=httpx.Client(transport=httpx.MockTransport(rec)),
+        retry=FAST,
+        sleep=sleeps,
+        clock=lambda: now,
+    )
     http.call("GET", "/api/v1/api-keys", credential=lambda: Secret(WS_KEY))
     assert sleeps == [42.0]
 
 
 def test_retry_after_seconds_in_body_is_honoured() -> None:
     """Adjudon's data.retry_after_seconds counts when the header is absent."""
-    answer = err(429, "RATE_LIMIT_EXCEEDED",
-                 data={"limit": 60, "remaining": 0, "retry_after_seconds": 3.5})
+    answer = err(429, "RATE_LIMIT_EXCEEDED", data={"limit": 60, "remaining": 0, "retry_after_seconds": 3.5})
     rec = Recorder(answer, ok([]))
     sleeps = Sleeps()
     adjudon(rec, sleeps=sleeps).list_keys()
@@ -375,8 +425,10 @@ def test_transport_errors_are_retried_for_reads() -> None:
 )
 def test_mint_is_not_repeated_after_it_may_have_arrived(failure: type[httpx.HTTPError]) -> None:
     """A POST that failed after sending is reported once, never sent again."""
-    rec = Recorder(failure("lost", request=httpx.Request("POST", BASE)),  # type: ignore[call-arg]
-                   ok({**key_info(), "key": WS_KEY}, status=201))
+    rec = Recorder(
+        failure("lost", request=httpx.Request("POST", BASE)),  # type: ignore[call-arg]
+        ok({**key_info(), "key": WS_KEY}, status=201),
+    )
     sleeps = Sleeps()
     with pytest.raises(VendorOutcomeUnknown):
         adjudon(rec, sleeps=sleeps).mint("n")
@@ -386,17 +438,21 @@ def test_mint_is_not_repeated_after_it_may_have_arrived(failure: type[httpx.HTTP
 
 def test_mint_is_retried_when_it_never_left() -> None:
     """A connection refused before sending, then a 503, are both safe to retry for a POST."""
-    rec = Recorder(httpx.ConnectError("refused", request=httpx.Request("POST", BASE)),
-                   err(503, "SERVICE_UNAVAILABLE"),
-                   ok({**key_info(), "key": WS_KEY}, status=201))
+    rec = Recorder(
+        httpx.ConnectError("refused", request=httpx.Request("POST", BASE)),
+        err(503, "SERVICE_UNAVAILABLE"),
+        ok({**key_info(), "key": WS_KEY}, status=201),
+    )
     assert adjudon(rec).mint("n").key.id == "key_1"
     assert rec.calls == 3
 
 
 def test_verify_chain_post_is_retried_on_timeout() -> None:
     """The read-only verify POST is retried after a read timeout."""
-    rec = Recorder(httpx.ReadTimeout("slow", request=httpx.Request("POST", BASE)),
-                   ok({"valid": True, "checked": 0, "first_invalid": None, "traces_by_key": {}}))
+    rec = Recorder(
+        httpx.ReadTimeout("slow", request=httpx.Request("POST", BASE)),
+        ok({"valid": True, "checked": 0, "first_invalid": None, "traces_by_key": {}}),
+    )
     assert adjudon(rec).verify_chain().valid
     assert rec.calls == 2
 
@@ -415,9 +471,7 @@ def _chunks() -> Iterator[bytes]:
 GARBAGE = {
     "html page": httpx.Response(200, text=f"<html><body>Bad gateway {WS_KEY}</body></html>"),
     "truncated json": httpx.Response(200, text='{"data": [{"id": "k1", "prefix": "' + WS_KEY),
-    "2 MiB with length": httpx.Response(
-        200, json={"data": [], "pad": "x" * (2 << 20), "leak": WS_KEY}
-    ),
+    "2 MiB with length": httpx.Response(200, json={"data": [], "pad": "x" * (2 << 20), "leak": WS_KEY}),
     "2 MiB chunked": httpx.Response(200, content=_chunks()),
     "no data": httpx.Response(200, json={"result": [], "leak": WS_KEY}),
     "top-level list": httpx.Response(200, json=[{"data": []}]),
@@ -430,9 +484,7 @@ GARBAGE = {
 
 
 @pytest.mark.parametrize("name", sorted(GARBAGE))
-def test_garbage_answers_are_protocol_errors(
-    name: str, records: pytest.LogCaptureFixture
-) -> None:
+def test_garbage_answers_are_protocol_errors(name: str, records: pytest.LogCaptureFixture) -> None:
     """Each malformed 200 is one VendorProtocolError naming the endpoint, not the body."""
     rec = Recorder(GARBAGE[name])
     with pytest.raises(VendorProtocolError) as info:
@@ -488,9 +540,7 @@ def test_bad_minted_keys_are_refused(
 @pytest.mark.parametrize(
     ("status", "kind"), [(502, VendorUnavailable), (401, VendorAuthError), (404, VendorNotFound)]
 )
-def test_error_statuses_with_garbage_bodies_keep_their_kind(
-    status: int, kind: type[VendorError]
-) -> None:
+def test_error_statuses_with_garbage_bodies_keep_their_kind(status: int, kind: type[VendorError]) -> None:
     """An HTML error page from a proxy is still translated by its status."""
     rec = Recorder(httpx.Response(status, text="<html>proxy error</html>"))
     with pytest.raises(kind) as info:
@@ -503,7 +553,10 @@ def test_redirects_are_not_followed() -> None:
     """A 3xx is outside the contract: a protocol error, and the bearer goes nowhere else."""
     rec = Recorder(httpx.Response(302, headers={"Location": "https://evil.test/"}), ok([]))
     issuer = AdjudonIssuer(
-        "adjudon-prod", BASE, kind="workspace", credential=lambda: Secret(WS_KEY),
+        "adjudon-prod",
+        BASE,
+        kind="workspace",
+        credential=lambda: Secret(WS_KEY),
         http=httpx.Client(transport=httpx.MockTransport(rec), follow_redirects=True),
     )
     with pytest.raises(VendorProtocolError):
@@ -515,8 +568,15 @@ def test_redirects_are_not_followed() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://api.adjudon.com", "http://10.0.0.1:8080", "ftp://127.0.0.1",
-            "http://127.0.0.1.evil.test", "https://", "https://user:pw@api.adjudon.com"],
+    "url",
+    [
+        "http://api.adjudon.com",
+        "http://10.0.0.1:8080",
+        "ftp://127.0.0.1",
+        "http://127.0.0.1.evil.test",
+        "https://",
+        "https://user:pw@api.adjudon.com",
+    ],
 )
 def test_unsafe_base_urls_are_refused(url: str) -> None:
     """Plain http is refused unless loopback; credentials in the URL too."""
@@ -527,8 +587,14 @@ def test_unsafe_base_urls_are_refused(url: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["https://api.adjudon.com/", "http://127.0.0.1:8080", "http://127.9.9.9",
-            "http://[::1]:9000", "http://localhost:1234"],
+    "url",
+    [
+        "https://api.adjudon.com/",
+        "http://127.0.0.1:8080",
+        "http://127.9.9.9",
+        "http://[::1]:9000",
+        "http://localhost:1234",
+    ],
 )
 def test_https_and_loopback_http_are_allowed(url: str) -> None:
     """HTTPS anywhere and plain http to loopback are accepted."""
@@ -548,8 +614,10 @@ def test_malformed_credential_is_never_sent(records: pytest.LogCaptureFixture) -
 
 def test_no_key_reaches_messages_or_logs(records: pytest.LogCaptureFixture) -> None:
     """Vendor messages that echo a key are scrubbed; DEBUG logs name method, path, status."""
-    echo = {"error": {"code": "INVALID_API_KEY", "message": f"key {WS_KEY} is unknown"},
-            "request_id": "req_echo"}
+    echo = {
+        "error": {"code": "INVALID_API_KEY", "message": f"key {WS_KEY} is unknown"},
+        "request_id": "req_echo",
+    }
     rec = Recorder(err(503, "SERVICE_UNAVAILABLE"), httpx.Response(401, json=echo))
     with pytest.raises(VendorAuthError) as info:
         adjudon(rec).list_keys()
@@ -565,8 +633,7 @@ def test_no_key_reaches_messages_or_logs(records: pytest.LogCaptureFixture) -> N
 
 def test_adjutor_lists_the_app_key() -> None:
     """The app's one key is listed as <app_id>@<prefix>, active."""
-    rec = Recorder(httpx.Response(200, json={"status": "success", "message": "ok",
-                                             "data": app_info()}))
+    rec = Recorder(httpx.Response(200, json={"status": "success", "message": "ok", "data": app_info()}))
     issuer = adjutor(rec)
     [key] = issuer.list_keys()
     assert (key.id, key.prefix, key.status) == (f"app_123@{APP_KEY[:12]}", APP_KEY[:12], "active")
@@ -605,9 +672,7 @@ def test_adjutor_reset_needs_current() -> None:
         {**app_info(prefix=APP_KEY_2[:12]), "api_key": APP_KEY_2 + "x"},
     ],
 )
-def test_adjutor_bad_reset_keys_are_refused(
-    data: dict[str, Any], records: pytest.LogCaptureFixture
-) -> None:
+def test_adjutor_bad_reset_keys_are_refused(data: dict[str, Any], records: pytest.LogCaptureFixture) -> None:
     """A reset answer with a malformed or mismatched key is refused without echoing it."""
     rec = Recorder(httpx.Response(200, json={"status": "success", "data": data}))
     with pytest.raises(VendorProtocolError) as info:
@@ -640,9 +705,11 @@ def test_adjutor_revoke_only_by_reset() -> None:
 def test_adjutor_activity_and_probe() -> None:
     """Activity is the app's last_used_at; probe is True on 200 and False on 401."""
     errors = {"status": "error", "message": f"invalid key {APP_KEY_2}"}
-    rec = Recorder(httpx.Response(200, json={"status": "success", "data": app_info()}),
-                   httpx.Response(200, json={"status": "success", "data": app_info()}),
-                   httpx.Response(401, json=errors))
+    rec = Recorder(
+        httpx.Response(200, json={"status": "success", "data": app_info()}),
+        httpx.Response(200, json={"status": "success", "data": app_info()}),
+        httpx.Response(401, json=errors),
+    )
     issuer = adjutor(rec)
     act = issuer.activity(f"app_123@{APP_KEY[:12]}")
     assert act.last_used_at == datetime(2026, 1, 3, tzinfo=UTC)
@@ -674,11 +741,19 @@ def test_adjutor_error_status_in_200_is_protocol_error() -> None:
 def test_make_issuer_binds_scopes() -> None:
     """make_issuer picks the client and scope from the issuer and key specs."""
     adj = AdjudonIssuerSpec(type="adjudon", base_url=BASE, credential={"env": "X"})  # type: ignore[arg-type]
-    ws = make_issuer(adj, KeySpec(issuer="adjudon-prod", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
-                     credential=lambda: Secret(WS_KEY))
+    ws = make_issuer(
+        adj,
+        KeySpec(issuer="adjudon-prod", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
+        credential=lambda: Secret(WS_KEY),
+    )
     agent = make_issuer(
-        adj, KeySpec(issuer="adjudon-prod", kind="agent", agent_id="payments",
-                     targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
+        adj,
+        KeySpec(
+            issuer="adjudon-prod",
+            kind="agent",
+            agent_id="payments",
+            targets=[FileTarget(type="file", path="a")],
+        ),  # type: ignore[list-item]
         credential=lambda: Secret(WS_KEY),
     )
     app = make_issuer(
@@ -687,12 +762,17 @@ def test_make_issuer_binds_scopes() -> None:
         credential=lambda: Secret(APP_KEY),
     )
     assert [i.name for i in (ws, agent, app)] == [
-        "adjudon-prod/workspace", "adjudon-prod/agent:payments", "lendsqr/app:app_1"
+        "adjudon-prod/workspace",
+        "adjudon-prod/agent:payments",
+        "lendsqr/app:app_1",
     ]
     assert [i.capabilities.max_active for i in (ws, agent, app)] == [2, 2, 1]
     with pytest.raises(ConfigError):
         # validate refuses it already; the client checks again for specs built in code
-        make_issuer(AdjudonIssuerSpec(type="adjudon", credential={"env": "X"})  # type: ignore[arg-type]
-                    .model_copy(update={"base_url": "http://api.adjudon.com"}),
-                    KeySpec(issuer="a", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
-                    credential=lambda: Secret(WS_KEY))
+        make_issuer(
+            AdjudonIssuerSpec(type="adjudon", credential={"env": "X"}).model_copy(  # type: ignore[arg-type]
+                update={"base_url": "http://api.adjudon.com"}
+            ),
+            KeySpec(issuer="a", targets=[FileTarget(type="file", path="a")]),  # type: ignore[list-item]
+            credential=lambda: Secret(WS_KEY),
+        )

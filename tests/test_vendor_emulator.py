@@ -51,31 +51,40 @@ def server() -> Iterator[EmulatorServer]:
         yield srv
 
 
-def adjudon(server: EmulatorServer, cred: Cred, *, agent_id: str | None = None,
-            sleeps: Sleeps | None = None, timeout: float = 5.0) -> AdjudonIssuer:
+def adjudon(
+    server: EmulatorServer,
+    cred: Cred,
+    *,
+    agent_id: str | None = None,
+    sleeps: Sleeps | None = None,
+    timeout: float = 5.0,
+) -> AdjudonIssuer:
     return AdjudonIssuer(
-        "adjudon-sandbox", server.url, kind="agent" if agent_id else "workspace",
-        agent_id=agent_id, credential=cred, timeout=timeout, retry=FAST,
+        "adjudon-sandbox",
+        server.url,
+        kind="agent" if agent_id else "workspace",
+        agent_id=agent_id,
+        credential=cred,
+        timeout=timeout,
+        retry=FAST,
         sleep=sleeps if sleeps is not None else Sleeps(),
     )
 
 
 def adjutor(server: EmulatorServer, cred: Cred) -> AdjutorIssuer:
-    return AdjutorIssuer("lendsqr", server.url, app_id="app_123", credential=cred,
-                         retry=FAST, sleep=Sleeps())
+    return AdjutorIssuer("lendsqr", server.url, app_id="app_123", credential=cred, retry=FAST, sleep=Sleeps())
 
 
 def ingest(server: EmulatorServer, raw: str, n: int = 1) -> None:
     """Consumer traffic: ``n`` traces sent with ``raw``."""
     for _ in range(n):
-        answer = httpx.post(f"{server.url}/api/v1/traces", json={"span": "x"},
-                            headers={"Authorization": f"Bearer {raw}"})
+        answer = httpx.post(
+            f"{server.url}/api/v1/traces", json={"span": "x"}, headers={"Authorization": f"Bearer {raw}"}
+        )
         assert answer.status_code == 201
 
 
-def test_workspace_key_lifecycle(
-    server: EmulatorServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_workspace_key_lifecycle(server: EmulatorServer, caplog: pytest.LogCaptureFixture) -> None:
     """Mint a second workspace key, switch to it, revoke the first; no key is logged."""
     caplog.set_level(logging.DEBUG)
     emu = server.emulator
@@ -264,8 +273,9 @@ def test_adjutor_reset_cycle(server: EmulatorServer) -> None:
         with pytest.raises(VendorRejected, match="only by reset"):
             issuer.revoke(minted.key.id)
         assert issuer.probe(Secret(new))
-        karma = httpx.get(f"{server.url}/v2/verification/karma/someone",
-                          headers={"Authorization": f"Bearer {new}"})
+        karma = httpx.get(
+            f"{server.url}/v2/verification/karma/someone", headers={"Authorization": f"Bearer {new}"}
+        )
         assert karma.status_code == 200
         act = issuer.activity(minted.key.id)
         assert act.last_used_at is not None

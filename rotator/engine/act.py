@@ -302,8 +302,13 @@ def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str,
     failed = "; ".join(str(errors[i]) for i in sorted(errors))
     if not held:
         ctx.journal.append(
-            "reset-lost", key=key, attempt=attempt, key_id=k.id, prefix=k.prefix,
-            fingerprint=value.fingerprint, targets=[s.name for s in stores],
+            "reset-lost",
+            key=key,
+            attempt=attempt,
+            key_id=k.id,
+            prefix=k.prefix,
+            fingerprint=value.fingerprint,
+            targets=[s.name for s in stores],
         )
         raise Held(
             f"APP DOWN: the app's key was reset (now {show(k)}, attempt {attempt}) and no "

@@ -86,11 +86,7 @@ class Adjudon:
 
     def mint(self, type_: str, name: str, agent_id: str | None, now: datetime) -> tuple[_Key, str]:
         """Create an active key; returns it and its raw value (shown once)."""
-        active = [
-            k.id
-            for k in self.keys.values()
-            if k.active and k.type == type_ and k.agent_id == agent_id
-        ]
+        active = [k.id for k in self.keys.values() if k.active and k.type == type_ and k.agent_id == agent_id]
         if len(active) >= MAX_ACTIVE:
             raise KeyLimitError(active)
         raw = (
@@ -216,7 +212,10 @@ def _create_key(state: Adjudon, req: Request, caller: _Key, params: dict[str, st
         key, raw = state.mint(type_, name, agent_id, req.now)
     except KeyLimitError as exc:
         return adjudon_error(
-            req, 409, "KEY_LIMIT_REACHED", str(exc),
+            req,
+            409,
+            "KEY_LIMIT_REACHED",
+            str(exc),
             {"limit": MAX_ACTIVE, "active_key_ids": exc.active},
         )
     return Response(201, {"data": {**key.info(), "key": raw}})

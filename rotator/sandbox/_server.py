@@ -35,9 +35,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             length = 0
         body = self.rfile.read(length) if length > 0 else b""
         try:
-            response = self.server.serve_request(
-                self.command, self.path, dict(self.headers.items()), body
-            )
+            response = self.server.serve_request(self.command, self.path, dict(self.headers.items()), body)
         except Exception:
             # An emulator bug: answer it as the vendor would, and let handle_error show it.
             response = Response(500, {"error": {"code": "INTERNAL_ERROR", "message": "bug"}})

@@ -151,8 +151,7 @@ def _demo(console: Console, workdir: Path, drain: str) -> int:
         spec = parse_rotation_file(text, "rotations.yaml")
         settings = Settings(retry_initial=0.05, probe_timeout=10)
         console.print(
-            f"[bold]rotator sandbox[/]: vendor emulator at {server.url}, "
-            f"working directory {workdir}"
+            f"[bold]rotator sandbox[/]: vendor emulator at {server.url}, working directory {workdir}"
         )
 
         engine = Engine(spec, base_dir=workdir, settings=settings)
@@ -179,9 +178,7 @@ def _demo(console: Console, workdir: Path, drain: str) -> int:
         revoked = [k for k in keys if k["prefix"] in old and k["status"] == "revoked"]
         new = [k["prefix"] for k in keys if k["status"] == "active" and k["type"] == "agent"]
         console.print("\n[bold]Summary[/]")
-        console.print(
-            f"  old key prefix      {', '.join(old)}… ({'revoked' if revoked else 'STILL ACTIVE'})"
-        )
+        console.print(f"  old key prefix      {', '.join(old)}… ({'revoked' if revoked else 'STILL ACTIVE'})")
         console.print(f"  new key prefix      {', '.join(new)}…")
         for label, seconds in clock.durations():
             console.print(f"  {label:<19} {seconds:6.2f}s")

@@ -145,9 +145,7 @@ class Emulator:
 
     # ------------------------------------------------------------------ requests
 
-    def handle(
-        self, method: str, target: str, headers: Mapping[str, str], body: bytes = b""
-    ) -> Response:
+    def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
         """Serve one request (``target`` is the path with its query)."""
         split = urlsplit(target)
         path = split.path or "/"
@@ -186,7 +184,9 @@ class Emulator:
 
         def serve(request: httpx.Request) -> httpx.Response:
             response = self.handle(
-                request.method, request.url.raw_path.decode("ascii"), request.headers,
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                request.headers,
                 request.read(),
             )
             if response.status == 0:
@@ -241,9 +241,7 @@ class EmulatorServer:
     take the vendor down and bring it back at the same URL.
     """
 
-    def __init__(
-        self, emulator: Emulator | None = None, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, emulator: Emulator | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.emulator = emulator or Emulator()
         self.url = ""
         self._host, self._port = host, port

@@ -87,7 +87,6 @@ class _Call:
     want_data: bool
 
 
-
 class VendorHTTP:
     """One vendor's base URL over an ``httpx.Client`` (owned unless one is injected)."""
 
@@ -162,7 +161,9 @@ class VendorHTTP:
             wait = f"; the vendor asks to wait {last.retry_after:g}s" if last.retry_after else ""
             raise VendorUnavailable(
                 f"{last} (gave up after {tries} attempt{'s' if tries > 1 else ''}{wait})",
-                status=last.status, code=last.code, retry_after=last.retry_after,
+                status=last.status,
+                code=last.code,
+                retry_after=last.retry_after,
             ) from last
         return reply
 
@@ -180,9 +181,7 @@ class VendorHTTP:
         return max(backoff, asked or 0.0)
 
     def _log_wait(self, state: tenacity.RetryCallState) -> None:
-        LOG.debug(
-            "%s: retry %d in %.2fs", self.vendor, state.attempt_number + 1, state.upcoming_sleep
-        )
+        LOG.debug("%s: retry %d in %.2fs", self.vendor, state.attempt_number + 1, state.upcoming_sleep)
 
     # -- one attempt
 
@@ -201,8 +200,12 @@ class VendorHTTP:
         }
         try:
             request = self._http.build_request(
-                call.method, self.base_url + call.path, params=call.params, json=call.body,
-                headers=headers, timeout=self._timeout,
+                call.method,
+                self.base_url + call.path,
+                params=call.params,
+                json=call.body,
+                headers=headers,
+                timeout=self._timeout,
             )
             # Never follow a redirect, even on an injected client: the contract has
             # none, and following one would carry the key to another URL.
@@ -224,15 +227,16 @@ class VendorHTTP:
                 ) from exc
             raise VendorUnavailable(f"{endpoint}: {type(exc).__name__}") from exc
         except httpx.HTTPError as exc:
-            raise VendorProtocolError(
-                f"{endpoint}: unreadable answer ({type(exc).__name__})"
-            ) from exc
+            raise VendorProtocolError(f"{endpoint}: unreadable answer ({type(exc).__name__})") from exc
 
         self._vendor_time.learn(response.headers.get("date"))
         answer = read_answer(endpoint, response.status_code, raw, response.headers, self._clock)
         LOG.debug(
             "%s -> %d request_id=%s attempt=%d",
-            endpoint, answer.status, answer.request_id, attempt,
+            endpoint,
+            answer.status,
+            answer.request_id,
+            attempt,
         )
         return answer.reply(want_data=call.want_data)
 

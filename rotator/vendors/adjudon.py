@@ -28,8 +28,7 @@ KEY_FORMATS: Mapping[str, KeyFormat] = {
     "workspace": KeyFormat("a workspace key", "adj_live_", 64, "0-9a-f", "hex", PREFIX_LEN),
     "agent": KeyFormat("an agent key", "adj_agent_", 48, "0-9a-f", "hex", PREFIX_LEN),
 }
-_STATUSES: Mapping[str, KeyStatus] = {"active": "active", "inactive": "inactive",
-                                       "revoked": "revoked"}
+_STATUSES: Mapping[str, KeyStatus] = {"active": "active", "inactive": "inactive", "revoked": "revoked"}
 
 Kind = Literal["workspace", "agent"]
 
@@ -80,9 +79,7 @@ class AdjudonIssuer(HTTPIssuer):
         self.agent_id = agent_id
         self._name = f"{issuer}/agent:{agent_id}" if kind == "agent" else f"{issuer}/workspace"
         self._credential = credential
-        self._http = VendorHTTP(
-            self._name, base_url, timeout=timeout, http=http, retry=retry, sleep=sleep
-        )
+        self._http = VendorHTTP(self._name, base_url, timeout=timeout, http=http, retry=retry, sleep=sleep)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -171,13 +168,9 @@ class AdjudonIssuer(HTTPIssuer):
         data = self._call("GET", "/api/v1/hash-chain/status").data()
         return ChainStatus(length=data.integer("length"), head=data.string("head"))
 
-    def verify_chain(
-        self, start: datetime | None = None, end: datetime | None = None
-    ) -> ChainReport:
+    def verify_chain(self, start: datetime | None = None, end: datetime | None = None) -> ChainReport:
         """Ask the vendor to verify its chain; traces per key in ``[start, end]``."""
-        body = {
-            name: format_time(t) for name, t in (("from", start), ("to", end)) if t is not None
-        }
+        body = {name: format_time(t) for name, t in (("from", start), ("to", end)) if t is not None}
         # A read-only POST: safe to repeat on any transient failure.
         data = self._call("POST", "/api/v1/hash-chain/verify", body=body).data()
         return ChainReport(
@@ -197,7 +190,11 @@ class AdjudonIssuer(HTTPIssuer):
         idempotent: bool = True,
     ) -> Reply:
         return self._http.call(
-            method, path, credential=self._credential, params=params, body=body,
+            method,
+            path,
+            credential=self._credential,
+            params=params,
+            body=body,
             idempotent=idempotent,
         )
 

@@ -53,9 +53,7 @@ class AdjutorIssuer(HTTPIssuer):
         self._name = f"{issuer}/app:{app_id}"
         self._path = f"/v2/apps/{quote(app_id, safe='')}"
         self._credential = credential
-        self._http = VendorHTTP(
-            self._name, base_url, timeout=timeout, http=http, retry=retry, sleep=sleep
-        )
+        self._http = VendorHTTP(self._name, base_url, timeout=timeout, http=http, retry=retry, sleep=sleep)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -119,8 +117,12 @@ class AdjutorIssuer(HTTPIssuer):
         # the old one was revoked (by the last reset), and the best bound we have
         # for its creation.
         return VendorKey(
-            id=key_id, prefix=prefix, name=app.name, status="revoked",
-            created_at=app.key_created_at, revoked_at=app.key_created_at,
+            id=key_id,
+            prefix=prefix,
+            name=app.name,
+            status="revoked",
+            created_at=app.key_created_at,
+            revoked_at=app.key_created_at,
         )
 
     def probe(self, value: Secret) -> bool:
@@ -146,8 +148,12 @@ class AdjutorIssuer(HTTPIssuer):
 
     def _current(self, app: _App) -> VendorKey:
         return VendorKey(
-            id=self.key_id(app.key_prefix), prefix=app.key_prefix, name=app.name,
-            status="active", created_at=app.key_created_at, last_used_at=app.last_used_at,
+            id=self.key_id(app.key_prefix),
+            prefix=app.key_prefix,
+            name=app.name,
+            status="active",
+            created_at=app.key_created_at,
+            last_used_at=app.last_used_at,
         )
 
 

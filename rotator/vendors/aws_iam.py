@@ -84,6 +84,7 @@ POLICY_ACTIONS: Final = (
 )
 """Every IAM action the issuer calls. The probe's ``sts:GetCallerIdentity`` needs none."""
 
+
 def policy_document(user_arns: Sequence[str]) -> dict[str, Any]:
     """The least-privilege IAM policy for rotating the keys of ``user_arns``."""
     return {
@@ -290,9 +291,7 @@ class AwsIamIssuer:
                     Tags=[{"Key": DEACTIVATED_TAG + key_id, "Value": format_time(now)}],
                 )
             with self._translated("deactivate key", key_id):
-                self._client.update_access_key(
-                    UserName=self.user_name, AccessKeyId=key_id, Status="Inactive"
-                )
+                self._client.update_access_key(UserName=self.user_name, AccessKeyId=key_id, Status="Inactive")
             return replace(key, status="inactive", revoked_at=now)
         with self._translated("delete key", key_id):
             self._client.delete_access_key(UserName=self.user_name, AccessKeyId=key_id)
@@ -307,9 +306,7 @@ class AwsIamIssuer:
         if key.status == "active":
             return key
         with self._translated("reactivate key", key_id):
-            self._client.update_access_key(
-                UserName=self.user_name, AccessKeyId=key_id, Status="Active"
-            )
+            self._client.update_access_key(UserName=self.user_name, AccessKeyId=key_id, Status="Active")
         with self._translated("untag key", key_id):
             self._client.untag_user(UserName=self.user_name, TagKeys=[DEACTIVATED_TAG + key_id])
         return replace(key, status="active", revoked_at=None)
@@ -464,9 +461,7 @@ def _time_or_none(text: str | None) -> datetime | None:
 # --------------------------------------------------------------------------- building
 
 
-def open_issuer(
-    issuer: str, spec: AwsIamIssuerSpec, *, retry: RetryPolicy | None = None
-) -> AwsIamIssuer:
+def open_issuer(issuer: str, spec: AwsIamIssuerSpec, *, retry: RetryPolicy | None = None) -> AwsIamIssuer:
     """The issuer for ``spec``, its clients built from the SDK's credential chain."""
     import boto3
     from botocore.config import Config
@@ -503,9 +498,7 @@ def open_issuer(
     mint_client = session.client("iam", region_name=region, config=config(1), endpoint_url=url)
 
     def probe_client(key_id: str, secret: str) -> STSClient:
-        own = boto3.Session(
-            aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region
-        )
+        own = boto3.Session(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region)
         return own.client("sts", config=config(attempts), endpoint_url=url)
 
     return AwsIamIssuer(

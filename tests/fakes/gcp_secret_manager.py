@@ -122,7 +122,8 @@ class FakeSecretManager:
         if caller is not None:
             channel = grpc.intercept_channel(channel, _Caller(caller))
         transport = SecretManagerServiceGrpcTransport(
-            channel=channel, credentials=AnonymousCredentials()  # type: ignore[no-untyped-call]
+            channel=channel,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
         )
         return sm.SecretManagerServiceClient(transport=transport)
 
@@ -138,17 +139,21 @@ class FakeSecretManager:
             "AddSecretVersion": (self._add, t.AddSecretVersionRequest, _ver),
             "GetSecretVersion": (self._get_version, t.GetSecretVersionRequest, _ver),
             "AccessSecretVersion": (
-                self._access, t.AccessSecretVersionRequest,
+                self._access,
+                t.AccessSecretVersionRequest,
                 t.AccessSecretVersionResponse.serialize,
             ),
             "ListSecretVersions": (
-                self._list, t.ListSecretVersionsRequest,
+                self._list,
+                t.ListSecretVersionsRequest,
                 t.ListSecretVersionsResponse.serialize,
             ),
             "DisableSecretVersion": (self._disable, t.DisableSecretVersionRequest, _ver),
             "DestroySecretVersion": (self._destroy, t.DestroySecretVersionRequest, _ver),
             "TestIamPermissions": (
-                self._test_iam, iam_policy_pb2.TestIamPermissionsRequest, _raw,
+                self._test_iam,
+                iam_policy_pb2.TestIamPermissionsRequest,
+                _raw,
             ),
         }
         handlers = {
@@ -169,6 +174,7 @@ class FakeSecretManager:
             except _Abort as exc:
                 context.abort(exc.code, str(exc))
                 raise  # abort() raises; this only tells the reader
+
         return call
 
     def _dispatch(
@@ -215,8 +221,10 @@ class FakeSecretManager:
 
     def _proto(self, entry: _Secret, v: _Version) -> sm.SecretVersion:
         return sm.SecretVersion(
-            name=f"{entry.secret.name}/versions/{v.number}", create_time=v.created,
-            state=v.state, etag=v.etag,
+            name=f"{entry.secret.name}/versions/{v.number}",
+            create_time=v.created,
+            state=v.state,
+            etag=v.etag,
         )
 
     # ------------------------------------------------------------------ methods

@@ -37,10 +37,16 @@ class GcpHarness:
         server.denied_callers.add(DENIED_CALLER)
 
     def target(self, secret: str, *, field: str | None = None) -> GcpTarget:
-        return GcpTarget.model_validate({
-            "type": "gcp", "project": PROJECT, "secret": secret, "field": field,
-            "endpoint": self.server.address, "consumers_read": self.consumers_read,
-        })
+        return GcpTarget.model_validate(
+            {
+                "type": "gcp",
+                "project": PROJECT,
+                "secret": secret,
+                "field": field,
+                "endpoint": self.server.address,
+                "consumers_read": self.consumers_read,
+            }
+        )
 
     def make_store(self, *, field: str | None = None) -> GcpStore:
         target = self.target(f"contract-{uuid.uuid4().hex[:12]}", field=field)
@@ -59,10 +65,12 @@ class GcpHarness:
 
         assert isinstance(store, GcpStore)
         with contextlib.suppress(AlreadyExists):
-            self.client.create_secret(parent=f"projects/{PROJECT}", secret_id=store.target.secret,
-                                      secret={"replication": {"automatic": {}}})
-        added = self.client.add_secret_version(parent=self.path(store),
-                                               payload={"data": raw.encode()})
+            self.client.create_secret(
+                parent=f"projects/{PROJECT}",
+                secret_id=store.target.secret,
+                secret={"replication": {"automatic": {}}},
+            )
+        added = self.client.add_secret_version(parent=self.path(store), payload={"data": raw.encode()})
         if store.target.consumers_read == "alias":
             secret = self.client.get_secret(name=self.path(store))
             aliases = dict(secret.version_aliases)

@@ -83,9 +83,17 @@ def _start(binary: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], str, P
     log = workdir / f"bao-{port}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(binary), "server", "-dev", "-dev-root-token-id=root", "-dev-no-store-token",
-             f"-dev-listen-address=127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+            [
+                str(binary),
+                "server",
+                "-dev",
+                "-dev-root-token-id=root",
+                "-dev-no-store-token",
+                f"-dev-listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
             env={"HOME": str(workdir), "PATH": "/usr/bin:/bin"},
         )
     deadline = time.monotonic() + 30
@@ -110,8 +118,11 @@ def openbao_server(request: pytest.FixtureRequest) -> OpenBaoServer:
     ``-m "not openbao"`` and the skip when the binary is missing never miss a test.
     """
     if request.node.get_closest_marker("openbao") is None:
-        pytest.fail(f"{request.node.nodeid} starts OpenBao but is not marked: add pytest.mark.openbao "
-                    "(on its pytest.param when only one case needs it)", pytrace=False)
+        pytest.fail(
+            f"{request.node.nodeid} starts OpenBao but is not marked: add pytest.mark.openbao "
+            "(on its pytest.param when only one case needs it)",
+            pytrace=False,
+        )
     server: OpenBaoServer = request.getfixturevalue("openbao_session")  # started only when marked
     return server
 
@@ -150,8 +161,9 @@ class VaultHarness:
     invisible_staging = False
     """Staging writes a new KV version, which consumers reading the latest see at once."""
 
-    def __init__(self, server: OpenBaoServer, base_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                 mount: str = "secret") -> None:
+    def __init__(
+        self, server: OpenBaoServer, base_dir: Path, monkeypatch: pytest.MonkeyPatch, mount: str = "secret"
+    ) -> None:
         self.server = server
         self.base_dir = base_dir
         self.mount = mount
@@ -163,8 +175,11 @@ class VaultHarness:
     def target(self, *, field: str | None = None, auth: VaultAuth | None = None) -> VaultTarget:
         """A target at a fresh path of the mount."""
         return VaultTarget(
-            type="vault", url=self.server.url, mount=self.mount,
-            path=f"contract/{uuid.uuid4().hex}", field=field or "value",
+            type="vault",
+            url=self.server.url,
+            mount=self.mount,
+            path=f"contract/{uuid.uuid4().hex}",
+            field=field or "value",
             auth=auth or VaultAuth(token_env=TOKEN_ENV),
         )
 
@@ -205,7 +220,8 @@ class VaultHarness:
         t = self._target(store)
         try:
             answer = self._root.secrets.kv.v2.read_secret_version(
-                path=t.path, version=version, mount_point=t.mount, raise_on_deleted_version=True)
+                path=t.path, version=version, mount_point=t.mount, raise_on_deleted_version=True
+            )
         except hvac.exceptions.InvalidPath:
             return None
         return cast(dict[str, Any], answer["data"]["data"])
@@ -214,7 +230,8 @@ class VaultHarness:
         """Write ``data`` as a new version, with check-and-set like a careful writer."""
         t = self._target(store)
         self._root.secrets.kv.v2.create_or_update_secret(
-            path=t.path, secret=data, cas=self.latest_version(store), mount_point=t.mount)
+            path=t.path, secret=data, cas=self.latest_version(store), mount_point=t.mount
+        )
 
     def external_write(self, store: SecretStore, raw: str) -> None:
         t = self._target(store)
@@ -245,8 +262,7 @@ class VaultHarness:
     def denied_store(self, store: SecretStore) -> SecretStore:
         self._root.sys.create_or_update_policy(name="rotator-test-denied", policy=DENIED_POLICY)
         self._monkeypatch.setenv(DENIED_TOKEN_ENV, self.server.token("rotator-test-denied"))
-        target = self._target(store).model_copy(
-            update={"auth": VaultAuth(token_env=DENIED_TOKEN_ENV)})
+        target = self._target(store).model_copy(update={"auth": VaultAuth(token_env=DENIED_TOKEN_ENV)})
         return open_store(target, base_dir=self.base_dir)
 
 
