@@ -36,6 +36,7 @@ from typing import Any
 from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState
 from rotator.builtin.stores import FileTarget
+from rotator.durable import write_all
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -116,13 +117,8 @@ class FileStore:
         with self._os_errors("staging"), self._locked(exclusive=True):
             snap = self._snapshot()
             state = self._view(snap)  # also refuses a main file we could not merge into later
-            for held in (state.pending, state.current):
-                if (
-                    held is not None
-                    and held.stamp is not None
-                    and (held.stamp.attempt == stamp.attempt and held.fingerprint == value.fingerprint)
-                ):
-                    return
+            if any(held is not None and held.written_by(stamp) for held in (state.pending, state.current)):
+                return
             if expected is not None and snap.revision != expected:
                 raise StoreConflict(
                     self._name, "changed by another writer since it was read; nothing written"
@@ -166,10 +162,7 @@ class FileStore:
                 for folder in {self.path.parent, main.parent}:
                     fd, tmp = self._create_temp(folder)
                     try:
-                        view = memoryview(bytes(size))
-                        while view:
-                            view = view[os.write(fd, view) :]
-                        os.fsync(fd)
+                        write_all(fd, bytes(size))
                     finally:
                         os.close(fd)
                         os.unlink(tmp)
@@ -286,10 +279,7 @@ class FileStore:
                     if (like.st_uid, like.st_gid) != (os.geteuid(), os.getegid()):
                         with contextlib.suppress(PermissionError):
                             os.fchown(fd, like.st_uid, like.st_gid)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_all(fd, data)
             finally:
                 os.close(fd)
             os.replace(tmp, path)

@@ -136,13 +136,8 @@ class MemoryStore:
         with self.server._session(self.credential, self._name, "staging") as secrets:
             secret = secrets.get(self.path)
             state = TargetState(None, None, ABSENT) if secret is None else self._view(secret)
-            for held in (state.pending, state.current):
-                if (
-                    held is not None
-                    and held.stamp is not None
-                    and (held.stamp.attempt == stamp.attempt and held.fingerprint == value.fingerprint)
-                ):
-                    return
+            if any(held is not None and held.written_by(stamp) for held in (state.pending, state.current)):
+                return
             if expected is not None and state.revision != expected:
                 raise StoreConflict(
                     self._name, "changed by another writer since it was read; nothing written"

@@ -126,14 +126,8 @@ class VaultStore:
         if stamp.fingerprint != value.fingerprint:
             raise ValueError("a stamp must carry the fingerprint of the value it stamps")
         snap = self._load()
-        for v in self._resolve(snap):
-            if (
-                v is not None
-                and v.stamp is not None
-                and v.stamp.attempt == stamp.attempt
-                and v.fingerprint == value.fingerprint
-            ):
-                return
+        if any(v is not None and v.written_by(stamp) for v in self._resolve(snap)):
+            return
         if expected is not None and expected != snap.revision:
             raise StoreConflict(
                 self.name,

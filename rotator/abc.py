@@ -123,6 +123,14 @@ class StoredVersion:
     def fingerprint(self) -> str:
         return self.value.fingerprint
 
+    def written_by(self, stamp: Stamp) -> bool:
+        """True when ``stamp``'s attempt wrote this very value: staging it again is a no-op."""
+        return (
+            self.stamp is not None
+            and self.stamp.attempt == stamp.attempt
+            and self.fingerprint == stamp.fingerprint
+        )
+
 
 @dataclass(frozen=True)
 class TargetState:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from rotator.abc import format_time, parse_time
+from rotator.durable import write_all
 from rotator.errors import RotatorError
 from rotator.secret import Secret
 
@@ -159,10 +160,7 @@ class Journal:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                write_all(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -183,8 +181,7 @@ class Journal:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                os.write(fd, _canonical({"seq": seq, "hash": digest}) + b"\n")
-                os.fsync(fd)
+                write_all(fd, _canonical({"seq": seq, "hash": digest}) + b"\n")
             finally:
                 os.close(fd)
             os.replace(tmp, self.head_path)
