@@ -120,7 +120,10 @@ def test_held_exit_code_and_status(tmp_path: Path, emulator: EmulatorServer, adm
     stubborn.start()
     try:
         proc = run_cli("apply", "--wait", cwd=tmp_path, env={ADMIN_ENV: admin})
-        # while the consumer still uses the old key (once it stops, the key drains and may go)
+        # while the consumer still uses the old key (once it stops, the key drains and may go);
+        # a fresh process knows the vendor's clock only to the second (its `Date` header, taken
+        # at its earliest), so give its view of the timeout that second
+        time.sleep(1.1)
         status = run_cli("status", "--output", "json", cwd=tmp_path, env={ADMIN_ENV: admin})
     finally:
         stubborn.stop()
