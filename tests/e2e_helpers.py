@@ -86,6 +86,25 @@ def adjutor_app_yaml(
     )
 
 
+APP_TARGETS = (
+    "{type: file, path: secrets/app.key}",
+    "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
+)
+"""An Adjútor app's key as a whole file and as one line of a dotenv file."""
+
+
+def adjutor_app(
+    tmp: Path, server: EmulatorServer, targets: Sequence[str] = APP_TARGETS, *, extra: str = ""
+) -> tuple[str, Path]:
+    """Adjútor app ``app_9`` at the emulator, its key stored in ``secrets/app.key`` (the first
+    pass adopts it), and a rotation file keeping key ``app`` in ``targets``: the raw key and
+    the file."""
+    raw = server.emulator.create_app("app_9")
+    (tmp / "secrets").mkdir(exist_ok=True)
+    (tmp / "secrets/app.key").write_text(raw + "\n")
+    return raw, write_rotation_file(tmp, adjutor_app_yaml(server.url, "app_9", targets, extra=extra))
+
+
 def write_spec(
     tmp: Path,
     server: EmulatorServer,

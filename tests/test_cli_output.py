@@ -26,11 +26,10 @@ from tests.chaos.invariants import RAW_KEY
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
-    adjutor_app_yaml,
+    adjutor_app,
     agent_keys,
     journal,
     read_dotenv_key,
-    write_rotation_file,
     write_spec,
 )
 from tests.test_bad_input import BASE, assert_one_clear_error
@@ -469,20 +468,7 @@ def test_json_output_shape(tmp_path: Path, emulator: EmulatorServer, admin: str,
 
 def test_cutover_window_is_printed(tmp_path: Path, emulator: EmulatorServer, cli: Any) -> None:
     """A reset's window (consumers could hold a dead key) shows in the pass and in status."""
-    raw = emulator.emulator.create_app("app_9")
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    spec = write_rotation_file(
-        tmp_path,
-        adjutor_app_yaml(
-            emulator.url,
-            "app_9",
-            [
-                "{type: file, path: secrets/app.key}",
-                "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
-            ],
-        ),
-    )
+    _, spec = adjutor_app(tmp_path, emulator)
     assert cli("-f", str(spec), "apply").code == 0
     rotated = cli("-f", str(spec), "rotate", "app")
     assert rotated.code == 0, rotated.err

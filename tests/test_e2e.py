@@ -12,12 +12,11 @@ from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
-    adjutor_app_yaml,
+    adjutor_app,
     agent_keys,
     journal,
     read_dotenv_key,
     read_json_key,
-    write_rotation_file,
     write_spec,
 )
 
@@ -78,20 +77,7 @@ def test_current_key_left_alone(tmp_path: Path, emulator: EmulatorServer, admin:
 
 def test_cutover_rotation_on_reset_vendor(tmp_path: Path, emulator: EmulatorServer) -> None:
     """On the reset vendor, the stored key is reset and the new one lands in every target."""
-    raw = emulator.emulator.create_app("app_9")
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets/app.key").write_text(raw + "\n")
-    spec = write_rotation_file(
-        tmp_path,
-        adjutor_app_yaml(
-            emulator.url,
-            "app_9",
-            [
-                "{type: file, path: secrets/app.key}",
-                "{type: file, path: secrets/app.env, format: dotenv, field: ADJUTOR_KEY}",
-            ],
-        ),
-    )
+    raw, spec = adjutor_app(tmp_path, emulator)
     engine = _engine(spec)
     adopt = engine.apply(["app"])[0]
     assert (adopt.outcome, adopt.steps) == ("ok", ["stage"])

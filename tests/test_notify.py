@@ -23,7 +23,7 @@ from rotator.sandbox.emulator import EmulatorServer
 from rotator.scheduler import Daemon
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, adjutor_app_yaml, read_dotenv_key, write_rotation_file, write_spec
+from tests.e2e_helpers import ADMIN_ENV, adjutor_app, read_dotenv_key, write_spec
 
 FAST = Settings(retry_initial=0.01, retry_attempts=1, probe_timeout=5)
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_RETRY_ATTEMPTS": "1", "ROTATOR_PROBE_TIMEOUT": "5"}
@@ -328,14 +328,8 @@ def test_cutover_reset_is_one_completed_message(
 ) -> None:
     """On a reset-only vendor a verified reset is the completed rotation: one message, with
     no raw key in it."""
-    raw = emulator.emulator.create_app("app_9")
-    (tmp_path / "secrets").mkdir()
-    (tmp_path / "secrets/app.key").write_text(raw + "\n")
     notify = f"notify:\n  - {{url: {{env: {URL_ENV}}}, on: [completed, held, failed]}}\n"
-    write_rotation_file(
-        tmp_path,
-        adjutor_app_yaml(emulator.url, "app_9", ["{type: file, path: secrets/app.key}"], extra=notify),
-    )
+    raw, _ = adjutor_app(tmp_path, emulator, ["{type: file, path: secrets/app.key}"], extra=notify)
     env = {URL_ENV: receiver.url, **FAST_ENV}
     assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0  # adopts the stored key
     assert receiver.events() == []
