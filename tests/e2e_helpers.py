@@ -17,6 +17,12 @@ ADMIN_ENV = "E2E_ADJUDON_ADMIN_KEY"
 Fields = Mapping[str, str | Sequence[str]]
 
 
+VENDOR_CLOCK_SLACK_S = 1.0
+"""The engine knows the vendor's clock to the second (its `Date` header, taken at its earliest),
+so a time it judges there (an age, a drain, a timeout) may come up to this much later than by
+the local clock: never earlier."""
+
+
 def rotation_yaml(
     *,
     issuers: Mapping[str, str | Mapping[str, str]],

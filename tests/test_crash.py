@@ -21,6 +21,7 @@ from rotator.sandbox.emulator import EmulatorServer
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
+    VENDOR_CLOCK_SLACK_S,
     agent_keys,
     journal,
     read_dotenv_key,
@@ -76,7 +77,7 @@ def test_two_processes_one_mint(tmp_path: Path, emulator: EmulatorServer) -> Non
     emulator.emulator.faults.path_delays["POST /api/v1/api-keys"] = 0.5  # widen the race
     import time
 
-    time.sleep(1.1)  # the key is now due
+    time.sleep(1.1 + VENDOR_CLOCK_SLACK_S)  # the key is now due, in the vendor's clock too
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "rotator.cli", "apply"],

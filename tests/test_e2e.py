@@ -12,6 +12,7 @@ from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
     ADMIN_ENV,
+    VENDOR_CLOCK_SLACK_S,
     adjutor_app,
     agent_keys,
     journal,
@@ -107,9 +108,8 @@ def test_held_exit_code_and_status(tmp_path: Path, emulator: EmulatorServer, adm
     try:
         proc = run_cli("apply", "--wait", cwd=tmp_path, env={ADMIN_ENV: admin})
         # while the consumer still uses the old key (once it stops, the key drains and may go);
-        # a fresh process knows the vendor's clock only to the second (its `Date` header, taken
-        # at its earliest), so give its view of the timeout that second
-        time.sleep(1.1)
+        # a fresh process's view of the timeout may trail by the vendor clock's slack
+        time.sleep(VENDOR_CLOCK_SLACK_S + 0.1)
         status = run_cli("status", "--output", "json", cwd=tmp_path, env={ADMIN_ENV: admin})
     finally:
         stubborn.stop()

@@ -23,7 +23,7 @@ from rotator.sandbox.emulator import EmulatorServer
 from rotator.scheduler import Daemon
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
-from tests.e2e_helpers import ADMIN_ENV, adjutor_app, read_dotenv_key, write_spec
+from tests.e2e_helpers import ADMIN_ENV, VENDOR_CLOCK_SLACK_S, adjutor_app, read_dotenv_key, write_spec
 
 FAST = Settings(retry_initial=0.01, retry_attempts=1, probe_timeout=5)
 FAST_ENV = {"ROTATOR_RETRY_INITIAL": "0.01", "ROTATOR_RETRY_ATTEMPTS": "1", "ROTATOR_PROBE_TIMEOUT": "5"}
@@ -128,9 +128,7 @@ def test_held_key_is_one_message_then_completed_is_one(
     assert "phase: held" in body["message"] and "still used" in body["message"]
     assert "attempt: " in body["message"] and "fp " in body["message"]
 
-    # the consumer has stopped: the old key drains (1 s, judged in the vendor's clock, which
-    # the one-second `Date` header gives to within a second, taken at its earliest)
-    time.sleep(2.5)
+    time.sleep(1.5 + VENDOR_CLOCK_SLACK_S)  # the consumer has stopped: the old key drains (1 s)
     done = run_cli("apply", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "payments: ok" in done.stdout
@@ -150,7 +148,7 @@ def test_failed_and_overdue_once_each_and_news_again_after_recovery(
     env = _env(admin, receiver.url)
     assert run_cli("apply", cwd=tmp_path, env=env).returncode == 0
     good = (tmp_path / "secrets/b.json").read_text()
-    time.sleep(1.1)  # the key is now older than max_age
+    time.sleep(1.1 + VENDOR_CLOCK_SLACK_S)  # the key is now older than max_age, in either clock
     (tmp_path / "secrets/b.json").write_text("{not json")
     runs = [run_cli("apply", cwd=tmp_path, env=env) for _ in range(3)]
     assert [p.returncode for p in runs] == [1, 1, 1], runs[0].stdout + runs[0].stderr
