@@ -4,6 +4,10 @@ Protocols that backends implement.
 * :class:`Issuer` - a vendor that mints, lists, revokes and probes keys
   (``rotator.vendors``).
 * :class:`SecretStore` - a place consumers read a key from (``providers``).
+* :class:`WriteOnlyTarget` - a place consumers read a key from that cannot be read back (a CI
+  secret, a function's environment): what was written is recorded in the journal.
+* :class:`Consumer` - something rolled once the new key is everywhere (a restart, a redeploy,
+  a webhook), so that what read the key once reads the new one (``rotator.consumers``).
 * :class:`Lease` - one writer per key (``rotator.engine.lease``).
 
 Both backend Protocols are kept to the few methods every backend can honour. What only
@@ -200,6 +204,94 @@ class SecretStore(Protocol):
         Used before a cutover reset, which revokes the old key at once.
         """
         ...
+
+
+@runtime_checkable
+class WriteOnlyTarget(Protocol):
+    """A target the rotator can write but not read back: a GitHub Actions secret, one
+    environment variable of a Lambda function.
+
+    The engine writes the new key to it once the key is current in every readable target, and
+    records in the journal what it wrote (fingerprint, attempt, time); the vendor's activity
+    remains the proof that its consumers moved. A key needs at least one readable target, which
+    keeps the value. Errors are :class:`rotator.errors.StoreError` subclasses naming
+    :attr:`name`; values never appear in them.
+    """
+
+    @property
+    def name(self) -> str:
+        """Human name, e.g. ``github:acme/payments#ADJUDON_API_KEY``."""
+        ...
+
+    def write(self, value: Secret, stamp: Stamp) -> None:
+        """Make ``value`` what the target holds, and return once it took effect (for a function:
+        its update finished, so invocations from now on get it). Writing the same value again
+        is harmless. Other contents of the target (other variables) are kept."""
+        ...
+
+    def check_access(self) -> None:
+        """Raise a :class:`rotator.errors.StoreError` unless the target exists and we may write it."""
+        ...
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+RollPhase = Literal["rotation", "reset", "emergency"]
+
+
+@dataclass(frozen=True)
+class RollEvent:
+    """What a consumer is told when it is rolled: the new key's id, prefix and fingerprint,
+    never its value (a consumer reads the value where it always does: its target)."""
+
+    key: str
+    """The key's name in the rotation file."""
+    attempt: str
+    """The rotation attempt that minted (or reset to) the new key."""
+    phase: RollPhase
+    """Why: a planned rotation, a cutover reset, or an emergency after a leak."""
+    key_id: str
+    prefix: str
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "key": self.key,
+            "attempt": self.attempt,
+            "phase": self.phase,
+            "key_id": self.key_id,
+            "prefix": self.prefix,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@runtime_checkable
+class Consumer(Protocol):
+    """Something that reads a key once (at start) and must be rolled to read the new one.
+
+    The engine rolls each consumer of a key once per attempt, after the new key is current in
+    every readable target and written to every write-only one, and journals each roll. Rules
+    every consumer follows (``tests/test_consumer_contract.py`` checks them):
+
+    * :meth:`roll` returns only once the roll is complete (a restarted workload is up, a
+      deployment finished, a hook answered 2xx); it raises otherwise.
+    * Errors are :class:`rotator.errors.ConsumerError` subclasses naming :attr:`name`:
+      :class:`~rotator.errors.ConsumerTimeout` when it did not finish within the consumer's
+      ``timeout``, :class:`~rotator.errors.ConsumerUnavailable` when its API could not be
+      reached. No key value ever reaches a consumer, its messages or its logs.
+    * ``stop`` set (SIGTERM) ends a wait early with a ``ConsumerError``: the engine retries
+      the consumer on the next pass (a second restart then is harmless; a roll the journal
+      shows done is never repeated).
+    """
+
+    @property
+    def name(self) -> str:
+        """Stable human name, e.g. ``kubernetes:pay/Deployment/api``: the journal records each
+        roll under it, so it must not change between runs for the same declaration."""
+        ...
+
+    def roll(self, event: RollEvent, *, stop: threading.Event) -> None: ...
 
 
 # --------------------------------------------------------------------------- issuers

@@ -16,6 +16,9 @@
     │   ├── VendorProtocolError     the answer is not what vendor-api.md promises
     │   └── VendorUnavailable*      429, 5xx, timeouts (transient)
     │       └── VendorOutcomeUnknown  a mint or reset failed after it may have reached the vendor
+    ├── ConsumerError               a consumer could not be rolled (names the consumer)
+    │   ├── ConsumerTimeout         its restart or redeploy did not finish in its timeout
+    │   └── ConsumerUnavailable*    its API could not be reached (transient)
     ├── VerificationFailed          a check before revoke did not pass
     ├── Held                        needs a person; never resolved by guessing
     └── LeaseBusy                   another runner holds this key's lease
@@ -124,6 +127,22 @@ class VendorOutcomeUnknown(VendorUnavailable):
     Never retried: a retry could mint twice. For an overlap vendor the next pass finds the
     orphan, if any; for a reset vendor the old key may already be revoked.
     """
+
+
+class ConsumerError(RotatorError):
+    """Rolling a consumer failed. ``consumer`` names it (its label), never a key's value."""
+
+    def __init__(self, consumer: str, message: str) -> None:
+        super().__init__(f"{consumer}: {message}")
+        self.consumer = consumer
+
+
+class ConsumerTimeout(ConsumerError):
+    """The consumer's restart or redeploy did not finish within its ``timeout``."""
+
+
+class ConsumerUnavailable(ConsumerError, Transient):
+    """The consumer's API (or the command's host) could not be reached; a retry may work."""
 
 
 class VerificationFailed(RotatorError):

@@ -258,7 +258,7 @@ def find_key(spec: RotationFile, secret_id: str) -> str:
     """
     found: dict[str, int] = {}
     for name, key in spec.keys.items():
-        for i, target in enumerate(key.targets):
+        for i, target in enumerate(key.readable_targets()):
             if isinstance(target, AwsTarget) and same_secret(target, secret_id):
                 found.setdefault(name, i)
     if not found:

@@ -6,9 +6,10 @@ A plugin is a distribution that declares, in its ``pyproject.toml``::
     myvendor = "my_rotator_plugin.models:MyVendorSpec"
 
 The entry point's name is the ``type`` a rotation file writes; its object is the plugin's
-pydantic config model (a subclass of :class:`rotator.spec.IssuerModel` or
-:class:`rotator.spec.TargetModel`), which carries the factory (``make_issuer`` /
-``open_store``) and the abilities the engine asks about. The built-in vendors and stores
+pydantic config model (a subclass of :class:`rotator.spec.IssuerModel`,
+:class:`rotator.spec.TargetModel` or :class:`rotator.spec.ConsumerModel`), which carries the
+factory (``make_issuer``, ``open_store`` or ``open_write_only``, ``make_consumer``) and the
+abilities the engine asks about. The built-in vendors, stores and consumers
 register the same way, in rotator's own ``pyproject.toml``.
 
 Names are read from the installed metadata once (cached); a plugin's module is imported only
@@ -74,7 +75,7 @@ def model(group: str, name: str) -> type[BaseModel]:
     A plugin that fails to import, or whose object is not a model of the group's base class
     with ``type: Literal[name]``, is a ConfigError naming it and its entry point.
     """
-    from rotator.spec.models import IssuerModel, TargetModel
+    from rotator.spec.models import ConsumerModel, IssuerModel, TargetModel
 
     ep = _entry_points(group).get(name)
     if ep is None:
@@ -86,7 +87,7 @@ def model(group: str, name: str) -> type[BaseModel]:
         raise ConfigError(
             f"{group} plugin {name!r} ({ep.value}) failed to load: {type(exc).__name__}"
         ) from None
-    base: type[BaseModel] = IssuerModel if group == ISSUERS else TargetModel if group == STORES else BaseModel
+    base: type[BaseModel] = {ISSUERS: IssuerModel, STORES: TargetModel, CONSUMERS: ConsumerModel}[group]
     if not (isinstance(loaded, type) and issubclass(loaded, base)):
         raise ConfigError(f"{group} plugin {name!r} ({ep.value}) is not a {base.__name__} subclass")
     field = loaded.model_fields.get("type")

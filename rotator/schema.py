@@ -84,7 +84,7 @@ def rotation_file_schema(*, builtin: bool = False) -> dict[str, Any]:
         [n for n in plugins.names(group) if plugins.distribution(group, n) == plugins.BUILTIN_DIST]
         if builtin
         else None
-        for group in (plugins.ISSUERS, plugins.STORES)
+        for group in plugins.GROUPS
     ]
     body = rotation_model(*chosen).model_json_schema(mode="validation", schema_generator=_RotationSchema)
     _require_discriminators(body)

@@ -113,5 +113,5 @@ def test_registry_lists_the_builtins_in_their_distribution() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.splitlines() == [
         "[('adjudon', 'rotator'), ('adjutor', 'rotator'), ('aws_iam', 'rotator')]",
-        "['aws', 'file', 'gcp', 'vault']",
+        "['aws', 'file', 'gcp', 'github', 'kubernetes', 'lambda_env', 'vault']",
     ]

@@ -1,19 +1,20 @@
 """The built-in stores' config models (entry points ``rotator.stores``): a local file, AWS
-Secrets Manager, Vault/OpenBao and GCP Secret Manager; each factory imports its provider
-(and so its SDK) only when called."""
+Secrets Manager, Vault/OpenBao, GCP Secret Manager and a Kubernetes Secret (readable), and the
+write-only targets: one environment variable of a Lambda function, a GitHub Actions secret.
+Each factory imports its provider (and so its SDK) only when called."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from rotator.spec.models import TargetModel
-from rotator.spec.types import Text, Url, _Model
+from rotator.spec.types import EnvRef, Text, Url, _Model
 
 if TYPE_CHECKING:
-    from rotator.abc import SecretStore
+    from rotator.abc import SecretStore, WriteOnlyTarget
 
 
 class FileTarget(TargetModel):
@@ -102,3 +103,68 @@ class GcpTarget(TargetModel):
         from providers.gcp import open_store
 
         return open_store(self, base_dir=base_dir)
+
+
+class KubernetesTarget(TargetModel):
+    """A Kubernetes ``Secret``: one field of its ``data``; the other fields are kept. Its
+    ``resourceVersion`` is the revision, the stamps live in annotations, and the pending value
+    in a field of its own until it is promoted."""
+
+    type: Literal["kubernetes"]
+    namespace: Text = Field(min_length=1)
+    secret: Text = Field(min_length=1)
+    """The Secret's name."""
+    field: Text = "value"
+    """The key in the Secret's ``data`` that pods read."""
+    kubeconfig: Text | None = None
+    """A kubeconfig file; default: in-cluster config, else ``$KUBECONFIG`` or ``~/.kube/config``."""
+    context: Text | None = None
+
+    def open_store(self, *, base_dir: Path) -> SecretStore:
+        from providers.kubernetes import open_store
+
+        return open_store(self, base_dir=base_dir)
+
+
+class LambdaEnvTarget(TargetModel):
+    """Write-only: one environment variable of a Lambda function (the rest of its
+    configuration is kept; the update is conditional on ``RevisionId``). Invocations that
+    start once the update is ``Successful`` get the new key."""
+
+    type: Literal["lambda_env"]
+    function: Text = Field(min_length=1)
+    """The function's name or ARN."""
+    variable: Text = Field(min_length=1, pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    region: Text | None = None
+    profile: Text | None = None
+    role_arn: Text | None = None
+    endpoint_url: Url | None = None
+
+    write_only: ClassVar[bool] = True
+
+    def open_write_only(self, *, base_dir: Path) -> WriteOnlyTarget:
+        from providers.lambda_env import open_write_only
+
+        return open_write_only(self, base_dir=base_dir)
+
+
+class GithubTarget(TargetModel):
+    """Write-only: a GitHub Actions secret of a repository (or of one of its environments),
+    sealed with the repository's public key (libsodium sealed box)."""
+
+    type: Literal["github"]
+    repository: Text = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    """``owner/name``."""
+    secret_name: Text = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    environment: Text | None = None
+    """An environment of the repository: its secret instead of the repository's."""
+    api_url: Url = "https://api.github.com"
+    """The REST API root (GitHub Enterprise: ``https://HOST/api/v3``)."""
+    token: EnvRef = EnvRef(env="GITHUB_TOKEN")
+
+    write_only: ClassVar[bool] = True
+
+    def open_write_only(self, *, base_dir: Path) -> WriteOnlyTarget:
+        from providers.github import open_write_only
+
+        return open_write_only(self, base_dir=base_dir)

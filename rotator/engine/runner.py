@@ -155,7 +155,9 @@ class Engine:
                 from providers import open_store
 
                 factory = open_store
-            self._stores[key] = [factory(t, base_dir=self.base_dir) for t in self.spec.keys[key].targets]
+            self._stores[key] = [
+                factory(t, base_dir=self.base_dir) for t in self.spec.keys[key].readable_targets()
+            ]
         return self._stores[key]
 
     def issuer(self, key: str) -> Issuer:

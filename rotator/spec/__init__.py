@@ -34,6 +34,7 @@ from rotator.spec.loader import (
     too_large,
 )
 from rotator.spec.models import (
+    ConsumerModel,
     Defaults,
     DynamoDBLeaseSpec,
     FileLeaseSpec,
@@ -75,6 +76,7 @@ __all__ = [
     "NAME_PATTERN",
     "SAFE_TEXT_PATTERN",
     "UNSAFE_CHARS",
+    "ConsumerModel",
     "Credential",
     "Defaults",
     "Duration",

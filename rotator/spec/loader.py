@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 
 from rotator import plugins
 from rotator.errors import ConfigError
-from rotator.spec.models import IssuerModel, KeySpec, RotationFile, TargetModel
+from rotator.spec.models import ConsumerModel, IssuerModel, KeySpec, RotationFile, TargetModel
 from rotator.spec.types import PATTERN_MESSAGES, Name
 from rotator.yamldoc import DocumentError, Lines, collector_paused, read_document
 
@@ -90,7 +90,7 @@ _FIXED_TAGS = frozenset({"file", "dynamodb", "EnvRef", "KeyRef"})
 
 @functools.cache
 def _tags() -> frozenset[str]:
-    return _FIXED_TAGS | set(plugins.names(plugins.ISSUERS)) | set(plugins.names(plugins.STORES))
+    return _FIXED_TAGS.union(*(plugins.names(g) for g in plugins.GROUPS))
 
 
 def _union(members: list[type[Any]]) -> Any:
@@ -101,12 +101,15 @@ def _union(members: list[type[Any]]) -> Any:
 
 @functools.cache
 def _build(
-    issuers: tuple[type[IssuerModel], ...], stores: tuple[type[TargetModel], ...]
+    issuers: tuple[type[IssuerModel], ...],
+    stores: tuple[type[TargetModel], ...],
+    consumers: tuple[type[ConsumerModel], ...],
 ) -> type[RotationFile]:
     targets: Any = list[_union(list(stores))]  # type: ignore[misc]
-    key: Any = create_model(
-        "KeySpec", __base__=KeySpec, __module__=KeySpec.__module__, targets=(targets, Field(min_length=1))
-    )
+    fields: dict[str, Any] = {"targets": (targets, Field(min_length=1))}
+    if consumers:
+        fields["consumers"] = (list[_union(list(consumers))], Field(default_factory=list))  # type: ignore[misc]
+    key: Any = create_model("KeySpec", __base__=KeySpec, __module__=KeySpec.__module__, **fields)
     issuer_map: Any = dict[Name, _union(list(issuers))]  # type: ignore[misc]
     keys: Any = dict[Name, key]
     model: type[RotationFile] = create_model(
@@ -120,38 +123,51 @@ def _build(
 
 
 def rotation_model(
-    issuer_types: Iterable[str] | None = None, store_types: Iterable[str] | None = None
+    issuer_types: Iterable[str] | None = None,
+    store_types: Iterable[str] | None = None,
+    consumer_types: Iterable[str] | None = None,
 ) -> type[RotationFile]:
-    """The rotation file's model with the ``issuers:`` and ``targets:`` unions built from the
-    registry: of the named types only (their plugins alone are imported), or of every
-    installed plugin. A name no plugin registers brings in every model, so pydantic's error
-    lists the types there are."""
-    groups = ((plugins.ISSUERS, issuer_types), (plugins.STORES, store_types))
+    """The rotation file's model with the ``issuers:``, ``targets:`` and ``consumers:`` unions
+    built from the registry: of the named types only (their plugins alone are imported), or of
+    every installed plugin. A name no plugin registers brings in every model, so pydantic's
+    error lists the types there are. No consumer named: the file has none, and no consumer
+    plugin is imported."""
+    groups = (
+        (plugins.ISSUERS, issuer_types),
+        (plugins.STORES, store_types),
+        (plugins.CONSUMERS, consumer_types),
+    )
     chosen: list[tuple[type[Any], ...]] = []
     for group, wanted in groups:
         known = plugins.names(group)
         only = None if wanted is None else set(wanted)
+        if group == plugins.CONSUMERS and only is not None and not only:
+            chosen.append(())
+            continue
         if only is not None and (not only or not only <= set(known)):
             only = None
         chosen.append(tuple(plugins.models(group, only)))
-    return _build(chosen[0], chosen[1])
+    return _build(chosen[0], chosen[1], chosen[2])
 
 
-def _types_named(data: dict[Any, Any]) -> tuple[set[str], set[str]]:
-    """The issuer and target ``type`` values a parsed document names (whatever its shape)."""
+def _types_named(data: dict[Any, Any]) -> tuple[set[str], set[str], set[str]]:
+    """The issuer, target and consumer ``type`` values a parsed document names (whatever its
+    shape)."""
     issuers: set[str] = set()
-    stores: set[str] = set()
     if isinstance(section := data.get("issuers"), dict):
         issuers = {
             i["type"] for i in section.values() if isinstance(i, dict) and isinstance(i.get("type"), str)
         }
+    stores: set[str] = set()
+    consumers: set[str] = set()
     if isinstance(section := data.get("keys"), dict):
         for key in section.values():
-            targets = key.get("targets") if isinstance(key, dict) else None
-            for t in targets if isinstance(targets, list) else ():
-                if isinstance(t, dict) and isinstance(t.get("type"), str):
-                    stores.add(t["type"])
-    return issuers, stores
+            for field, found in (("targets", stores), ("consumers", consumers)):
+                items = key.get(field) if isinstance(key, dict) else None
+                for t in items if isinstance(items, list) else ():
+                    typed = isinstance(t, dict) and isinstance(t.get("type"), str)
+                    found.add(t["type"] if typed else "")  # "": no type, so every model, for the error
+    return issuers, stores, consumers
 
 
 def parse_rotation_file(text: str, source: str = "rotations.yaml") -> RotationFile:

@@ -21,7 +21,7 @@ from rotator.spec.types import Credential, EnvRef, KeyRef, Name, Text, Url, _Mod
 if TYPE_CHECKING:
     import httpx
 
-    from rotator.abc import Issuer, SecretStore
+    from rotator.abc import Consumer, Issuer, SecretStore, WriteOnlyTarget
     from rotator.secret import Secret
     from rotator.vendors._http import RetryPolicy
 
@@ -104,13 +104,43 @@ class IssuerModel(_Model):
 
 class TargetModel(_Model):
     """The config model of a store plugin (one target of a key). A plugin subclasses it with
-    ``type: Literal["its-name"]`` and its own fields."""
+    ``type: Literal["its-name"]`` and its own fields.
+
+    A readable store implements :meth:`open_store`; a write-only one (a CI secret, a function's
+    environment) sets ``write_only = True`` and implements :meth:`open_write_only`."""
 
     type: str
+
+    write_only: ClassVar[bool] = False
+    """True for a target that cannot be read back: written after the readable ones, recorded in
+    the journal."""
 
     def open_store(self, *, base_dir: Path) -> SecretStore:
         """The factory: the store for this target; relative paths resolve against ``base_dir``."""
         raise NotImplementedError(f"store type {self.type!r} has no factory")
+
+    def open_write_only(self, *, base_dir: Path) -> WriteOnlyTarget:
+        """The factory of a write-only target (``write_only = True``)."""
+        raise NotImplementedError(f"store type {self.type!r} is not write-only")
+
+
+class ConsumerModel(_Model):
+    """The config model of a consumer plugin (something rolled after the new key is everywhere:
+    a restart, a redeploy, a webhook). A plugin subclasses it with ``type: Literal["its-name"]``
+    and its own fields."""
+
+    type: str
+    timeout: Duration = timedelta(minutes=10)
+    """How long one roll may take (a rollout to complete, a hook to answer) before it fails."""
+
+    def label(self) -> str:
+        """The consumer's stable name in the journal, plan and status (never a secret: no query
+        string, no environment values). The factory's consumer carries the same name."""
+        return self.type
+
+    def make_consumer(self, *, key: str, base_dir: Path) -> Consumer:
+        """The factory: the consumer for key ``key``; relative paths resolve against ``base_dir``."""
+        raise NotImplementedError(f"consumer type {self.type!r} has no factory")
 
 
 # --------------------------------------------------------------------------- keys
@@ -130,6 +160,8 @@ class KeySpec(_Model):
     verify: VerifyPolicy | None = None
     bootstrap: EnvRef | None = None
     targets: list[TargetModel] = Field(min_length=1)
+    consumers: list[ConsumerModel] = Field(default_factory=list)
+    """Rolled in order, once per attempt, after the new key is current in every target."""
 
     @model_validator(mode="after")
     def _agent_needs_id(self) -> KeySpec:
@@ -138,6 +170,28 @@ class KeySpec(_Model):
         if self.kind != "agent" and self.agent_id:
             raise ValueError("agent_id is only for kind agent")
         return self
+
+    @model_validator(mode="after")
+    def _readable_and_distinct(self) -> KeySpec:
+        if all(t.write_only for t in self.targets):
+            kinds = ", ".join(sorted({t.type for t in self.targets}))
+            raise ValueError(
+                f"targets: every target is write-only ({kinds}); add one readable target "
+                "(file, aws, vault, gcp, kubernetes...) that keeps the value: a write-only "
+                "target cannot be read back after a crash"
+            )
+        seen: set[str] = set()
+        for c in self.consumers:
+            if (label := c.label()) in seen:
+                raise ValueError(f"consumers: {label} is listed twice")
+            seen.add(label)
+        return self
+
+    def readable_targets(self) -> list[TargetModel]:
+        return [t for t in self.targets if not t.write_only]
+
+    def write_only_targets(self) -> list[TargetModel]:
+        return [t for t in self.targets if t.write_only]
 
 
 # --------------------------------------------------------------------------- notifications

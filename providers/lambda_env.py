@@ -1,0 +1,12 @@
+"""Placeholder until the lambda_env write-only target lands (being built now)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rotator.abc import WriteOnlyTarget
+
+
+def open_write_only(spec: Any, *, base_dir: Path) -> WriteOnlyTarget:
+    raise NotImplementedError("the lambda_env target is not built yet")
