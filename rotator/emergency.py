@@ -131,18 +131,18 @@ def run_emergency(
         report.leaked_since = format_time(since)
 
         if reset_vendor:
-            result = engine.reconcile_locked(key, force=True)
+            result = engine.reconcile_locked(key, force=True, emergency=True)
             _revoked(report, engine, key, leaked, t0, at=result.reset_at)
         elif serve_first:
-            result = engine.reconcile_locked(key, force=True, stop_before=("revoke",))
+            result = engine.reconcile_locked(key, force=True, stop_before=("revoke",), emergency=True)
             if result.outcome in ("ok", "waiting"):  # the new key is current everywhere
                 engine.act(key, RevokeLeaked(leaked.id))
                 _revoked(report, engine, key, leaked, t0)
-                result = engine.reconcile_locked(key)
+                result = engine.reconcile_locked(key, emergency=True)
         else:
             engine.act(key, RevokeLeaked(leaked.id))
             _revoked(report, engine, key, leaked, t0)
-            result = engine.reconcile_locked(key)
+            result = engine.reconcile_locked(key, emergency=True)
         _finish(report, engine, key, result)
         _audit_chain(report, engine, key, since)
         report.total_s = round(time.monotonic() - t0, 3)

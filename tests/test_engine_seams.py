@@ -28,11 +28,13 @@ from rotator.engine.model import (
     Hold,
     Mint,
     Promote,
+    Publish,
     Reactivate,
     Reset,
     Revoke,
     RevokeLeaked,
     RevokeOrphan,
+    Roll,
     Stage,
     Wait,
 )
@@ -153,6 +155,8 @@ def _all_decisions(value: Secret) -> list[object]:
         Reset("due", key_id="k1"),
         Stage("minted", "stage", (0,), (None,), version, "key_2"),
         Promote("promote", (0,), version, "key_2", now),
+        Publish("publish", (0,), version, "key_2"),
+        Roll("roll", (0, 1), "a1", "key_2", value.prefix(8), value.fingerprint, "rotation"),
         Revoke("drained", "key_1", now),
         Delete("ripe", "key_1"),
         RevokeOrphan("orphan", "key_3"),
@@ -182,6 +186,8 @@ def test_decision_kinds_keep_their_action_and_phase() -> None:
         ("reset", "due"),
         ("stage", "minted"),
         ("promote", "staged"),
+        ("publish", "promoted"),
+        ("roll", "rolling"),
         ("revoke", "draining"),
         ("revoke", "revoked"),
         ("revoke", "minted"),
@@ -192,7 +198,7 @@ def test_decision_kinds_keep_their_action_and_phase() -> None:
         ("revoke-leaked", None),
         ("reactivate", None),
     ]
-    assert [d.terminal for d in _all_decisions(Secret("x"))[:11]] == [False] * 7 + [True] * 4
+    assert [d.terminal for d in _all_decisions(Secret("x"))[:13]] == [False] * 9 + [True] * 4
 
 
 def test_rules_are_tried_in_the_docstrings_order() -> None:

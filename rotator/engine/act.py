@@ -15,10 +15,23 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
 
-from rotator.abc import Issuer, Reactivating, Retiring, SecretStore, Stamp, VendorKey, format_time
+from rotator.abc import (
+    Consumer,
+    Issuer,
+    Reactivating,
+    Retiring,
+    RollEvent,
+    SecretStore,
+    Stamp,
+    VendorClock,
+    VendorKey,
+    WriteOnlyTarget,
+    format_time,
+)
 from rotator.audit import Journal
 from rotator.engine import faults
 from rotator.engine.decide import show
@@ -28,15 +41,18 @@ from rotator.engine.model import (
     Mint,
     Order,
     Promote,
+    Publish,
     Reactivate,
     Reset,
     Revoke,
     RevokeLeaked,
     RevokeOrphan,
+    Roll,
     Stage,
     attempt_name,
 )
 from rotator.errors import (
+    ConsumerError,
     Held,
     KeyLimitReached,
     RotatorError,
@@ -46,10 +62,15 @@ from rotator.errors import (
     VendorOutcomeUnknown,
     VendorProtocolError,
 )
+from rotator.logs import redact
 from rotator.secret import Secret
 from rotator.spec import Settings
 
 log = logging.getLogger("rotator.engine")
+
+PUBLISHED_MARGIN = timedelta(hours=1)
+"""How far before the new key's promotion (in the vendor's clock) the revoke's pre-check reads
+the journal for its writes to the write-only targets: room for a skewed clock."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,13 @@ class StepContext:
     """Drop the cached credential once the key it was changed (the next call reads it anew)."""
     lease: object | None = None
     """The held lease, if the step runs under one."""
+    write_only: Callable[[], Sequence[WriteOnlyTarget]] = tuple
+    """The key's write-only targets, in file order (opened when a step first needs them: an
+    emergency's revoke opens nothing it does not use)."""
+    consumers: Callable[[], Sequence[Consumer]] = tuple
+    """The key's consumers, in file order (opened when a roll needs them)."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set on SIGTERM: a consumer's wait ends early, and no further consumer is rolled."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +110,9 @@ class Acted:
     error: RotatorError | None = None
     """A reset that happened but whose later part failed: the caller raises it, after
     recording ``reset_at``."""
+    roll_failures: tuple[tuple[str, str], ...] = ()
+    """A roll: ``(consumer, error)`` of each consumer that failed (the others rolled). The old
+    key is alive and nothing is broken: the caller waits and tries again."""
 
 
 def act(ctx: StepContext, step: Decision | Order, attempt: str | None = None) -> Acted:
@@ -91,14 +122,25 @@ def act(ctx: StepContext, step: Decision | Order, attempt: str | None = None) ->
             return _mint(ctx, step, attempt or str(uuid.uuid4()))
         case Reset():
             return _reset(ctx, step, attempt or str(uuid.uuid4()))
-        case Stage():
-            return _stage(ctx, step)
-        case Promote():
-            return _promote(ctx, step)
+        case Stage() | Promote() | Publish() | Roll():
+            return _roll_out(ctx, step)
         case Revoke() | Delete() | RevokeOrphan():
             return _revoke(ctx, step)
         case _:
             return _order(ctx, step)
+
+
+def _roll_out(ctx: StepContext, step: Stage | Promote | Publish | Roll) -> Acted:
+    """A step of the roll-out: the new key to the stores, then to the consumers."""
+    match step:
+        case Stage():
+            return _stage(ctx, step)
+        case Promote():
+            return _promote(ctx, step)
+        case Publish():
+            return _publish(ctx, step)
+        case _:
+            return _roll(ctx, step)
 
 
 def _order(ctx: StepContext, step: Decision | Order) -> Acted:
@@ -113,7 +155,9 @@ def _order(ctx: StepContext, step: Decision | Order) -> Acted:
 def _mint(ctx: StepContext, d: Mint, attempt: str) -> Acted:
     key, issuer, stores = ctx.key, ctx.issuer, ctx.stores
     # a key minted for a target that cannot take it would only have to be revoked again
-    _run_all(lambda i: _check_writable(stores[i]), range(len(stores)))
+    checks: list[Callable[[], None]] = [partial(_check_writable, s) for s in stores]
+    checks += [t.check_access for t in ctx.write_only()]
+    _run_all(lambda i: checks[i](), range(len(checks)))
     try:
         minted = issuer.mint(attempt_name(key, attempt))
     except KeyLimitReached as exc:
@@ -201,6 +245,74 @@ def _promote(ctx: StepContext, d: Promote) -> Acted:
     return Acted(d.action)
 
 
+def _publish(ctx: StepContext, d: Publish) -> Acted:
+    """Write the new key to the write-only targets at once, and journal each write that took."""
+    assert d.version.stamp is not None
+    key, stamp, targets = ctx.key, d.version.stamp, ctx.write_only()
+    faults.checkpoint("before-publish", key)
+    errors = _try_all(lambda i: targets[i].write(d.version.value, stamp), d.targets)
+    for i in d.targets:
+        if i not in errors:
+            _journal_published(ctx, targets[i], stamp)
+    faults.checkpoint("after-publish", key)
+    if errors:
+        raise errors[min(errors)]
+    return Acted(d.action)
+
+
+def _journal_published(ctx: StepContext, target: WriteOnlyTarget, stamp: Stamp) -> None:
+    ctx.journal.append(
+        "published",
+        key=ctx.key,
+        attempt=stamp.attempt,
+        key_id=stamp.key_id,
+        fingerprint=stamp.fingerprint,
+        target=target.name,
+    )
+
+
+def _roll(ctx: StepContext, d: Roll) -> Acted:
+    """Roll the consumers in file order, each journalled as it finishes (``rolled``, with its
+    time in the vendor's clock, which the drain counts from). One that fails is journalled
+    (``roll-failed``) and the others are still rolled; a stop (SIGTERM) rolls no further one."""
+    key, consumers = ctx.key, ctx.consumers()
+    event = RollEvent(key, d.attempt, d.roll_phase, d.key_id, d.prefix, d.fingerprint)
+    failed: list[tuple[str, str]] = []
+    for i in d.consumers:
+        if ctx.stop.is_set():
+            break
+        consumer = consumers[i]
+        faults.checkpoint("before-roll", key)
+        started = time.monotonic()
+        try:
+            consumer.roll(event, stop=ctx.stop)
+        except ConsumerError as exc:
+            error = redact(str(exc))
+            log.warning("%s: %s", key, error, extra={"key": key, "attempt": d.attempt, "phase": "rolling"})
+            ctx.journal.append("roll-failed", key=key, attempt=d.attempt, consumer=consumer.name, error=error)
+            failed.append((consumer.name, error))
+            continue
+        ctx.journal.append(
+            "rolled",
+            key=key,
+            attempt=d.attempt,
+            consumer=consumer.name,
+            key_id=d.key_id,
+            fingerprint=d.fingerprint,
+            rolled_at=format_time(_vendor_now(ctx)),
+            seconds=round(time.monotonic() - started, 3),
+        )
+        faults.checkpoint("after-roll", key)
+    return Acted(d.action, roll_failures=tuple(failed))
+
+
+def _vendor_now(ctx: StepContext) -> datetime:
+    """The vendor's time now, when the issuer knows it; else ours."""
+    issuer = ctx.issuer
+    now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
+    return now if now is not None else ctx.clock()
+
+
 def _revoke(ctx: StepContext, d: Revoke | Delete | RevokeOrphan) -> Acted:
     key = ctx.key
     if isinstance(d, Revoke):
@@ -211,6 +323,7 @@ def _revoke(ctx: StepContext, d: Revoke | Delete | RevokeOrphan) -> Acted:
             raise Held("not revoking: the targets no longer agree on the current key")
         value = current[0]
         assert value is not None
+        _check_published(ctx, value.fingerprint, d.promoted_at)
         _probe(ctx, value.value, "not revoking the old key")
     revoked = ctx.issuer.revoke(d.key_id)
     event = {Revoke: "revoked", Delete: "deleted"}.get(type(d), "orphan-revoked")
@@ -218,6 +331,24 @@ def _revoke(ctx: StepContext, d: Revoke | Delete | RevokeOrphan) -> Acted:
     _retire(ctx, revoked.id)
     faults.checkpoint("after-revoke", key)
     return Acted(d.action, key=revoked)
+
+
+def _check_published(ctx: StepContext, fp: str, promoted_at: datetime) -> None:
+    """Write-only targets cannot be read back: the journal must show the new key written to each."""
+    targets = ctx.write_only()
+    if not targets:
+        return
+    last: dict[str, str] = {}
+    for e in ctx.journal.recent(ctx.key, promoted_at - PUBLISHED_MARGIN):
+        if e.get("event") == "published":
+            details = e.get("details") or {}
+            last[str(details.get("target"))] = str(details.get("fingerprint"))
+    missing = [t.name for t in targets if last.get(t.name) != fp]
+    if missing:
+        raise Held(
+            f"not revoking: the journal does not show the new key (fingerprint {fp}) written to "
+            f"{', '.join(missing)}"
+        )
 
 
 def _retire(ctx: StepContext, key_id: str) -> None:
@@ -250,7 +381,8 @@ def _reset(ctx: StepContext, d: Reset, attempt: str) -> Acted:
     once, each retried with back-off: it is safe as soon as one holds it."""
     key, stores, issuer = ctx.key, ctx.stores, ctx.issuer
     current = ctx.credential()
-    _run_all(lambda i: stores[i].check_access(), range(len(stores)))
+    checks = [*(s.check_access for s in stores), *(t.check_access for t in ctx.write_only())]
+    _run_all(lambda i: checks[i](), range(len(checks)))
     ctx.journal.append("reset-started", key=key, attempt=attempt, old_key_id=d.key_id)
     faults.checkpoint("before-reset", key)
     try:
@@ -281,8 +413,9 @@ def _reset(ctx: StepContext, d: Reset, attempt: str) -> Acted:
 
 
 def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str, started: float) -> None:
-    """The second half of a reset: the new value to every store at once, then verified."""
-    key, stores = ctx.key, ctx.stores
+    """The second half of a reset: the new value to every store and write-only target at once
+    (the consumers are failing until they read it), then verified."""
+    key, stores, targets = ctx.key, ctx.stores, ctx.write_only()
     stamp = Stamp(k.id, value.fingerprint, attempt)
     now = ctx.clock()
 
@@ -290,14 +423,21 @@ def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str,
     lock = threading.Lock()
 
     def write(i: int) -> None:
+        if i >= len(stores):
+            _retried(ctx, lambda: targets[i - len(stores)].write(value, stamp))
+            return
         _retried(ctx, lambda: stores[i].stage(value, stamp, expected=None))
         _retried(ctx, lambda: stores[i].promote(attempt, now))
         with lock:
             first.append(time.monotonic() - started)
 
-    # every target at once: the new key is safe as soon as one holds it
-    errors = _try_all(write, range(len(stores)))
+    # every target at once: the new key is safe as soon as one (readable) holds it
+    names = [*(s.name for s in stores), *(t.name for t in targets)]
+    errors = _try_all(write, range(len(names)))
     window = time.monotonic() - started
+    for j, target in enumerate(targets):
+        if len(stores) + j not in errors:
+            _journal_published(ctx, target, stamp)
     held = [s.name for i, s in enumerate(stores) if i not in errors]
     failed = "; ".join(str(errors[i]) for i in sorted(errors))
     if not held:
@@ -328,7 +468,7 @@ def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str,
         first_write_s=round(min(first), 3),
         window_s=round(window, 3),
         targets=held,
-        **({"failed": [stores[i].name for i in sorted(errors)]} if errors else {}),
+        **({"failed": [names[i] for i in sorted(errors)]} if errors else {}),
     )
     _probe(ctx, value, "reset done but")
     ctx.journal.append("verified", key=key, attempt=attempt, key_id=k.id)

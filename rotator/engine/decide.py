@@ -18,16 +18,24 @@ overlap (two keys may be active; ``_OVERLAP_RULES``):
      missing;
   4. then promote it where it is not current, or where a promote was cut short (the probe
      happens before promoting);
-  5. two-step revoke (``delete_after``): delete an inactive old key once it has been inactive
+  5. once it is current in every readable target, write it to each write-only target the
+     journal does not show holding it (publish);
+  6. then, when the rotator minted it (an adopted key rolls nothing), roll each consumer the
+     journal does not show rolled for its attempt, in file order; from ``promoted_at +
+     timeout`` on, hold instead, naming them and their last errors, while the old key is
+     still active or a roll failed (else the journal does not know: never roll blind);
+  7. two-step revoke (``delete_after``): delete an inactive old key once it has been inactive
      that long, or at once when it holds the second key slot and a rotation is due;
-  6. an active key newer than the current one that the rotator did not mint: hold;
-  7. once the new key is current everywhere, an older active key drains: revoke it when its
-     ``last_used_at`` has stayed before ``promoted_at + propagation`` for ``drain``; hold at
-     ``timeout`` (or revoke if the file says ``on_timeout: revoke``). An older key beside an
-     adopted key the rotator never promoted: hold;
-  8. a target still holding a pending copy of the live key that no promote accounts for,
-     when a rotation is due: hold (never mint over it);
-  9. otherwise the key is due (age, schedule, or a person asked: mint) or current (done).
+  8. an active key newer than the current one that the rotator did not mint: hold;
+  9. once the new key is current everywhere (and its consumers rolled), an older active key
+     drains: revoke it when its ``last_used_at`` has stayed before ``start + propagation``
+     for ``drain``; hold at ``start + timeout`` (or revoke if the file says ``on_timeout:
+     revoke``). ``start`` is ``rolled_at`` (the attempt's last roll) for a key with
+     consumers, else ``promoted_at``. An older key beside an adopted key the rotator never
+     promoted: hold;
+  10. a target still holding a pending copy of the live key that no promote of the rotator
+      accounts for, when a rotation is due: hold (never mint over it);
+  11. otherwise the key is due (age, schedule, or a person asked: mint) or current (done).
 
 Every time is judged in the vendor's clock (``Observation.clock_offset``): ``promoted_at`` is
 stamped in it and compared with the vendor's ``last_used_at``; ``until`` is handed back in ours.
@@ -39,7 +47,11 @@ cutover (a reset revokes the old key at once; ``_CUTOVER_RULES``):
   3. no target holds the vendor's key: a reset's value was lost; hold with recovery steps,
      never reset again blindly;
   4. stage the vendor's key where it is not current;
-  5. otherwise the key is due (reset) or current (done).
+  5. publish it to the write-only targets, as overlap rule 5;
+  6. roll the consumers of its attempt, as overlap rule 6 (a reset of the rotator's; an
+     adopted or bootstrap key rolls nothing): they are failing until rolled, so this follows
+     the reset in the same pass;
+  7. otherwise the key is due (reset) or current (done).
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
 
-from rotator.abc import Stamp, StoredVersion, TargetState, VendorKey
+from rotator.abc import RollPhase, Stamp, StoredVersion, TargetState, VendorKey
 from rotator.engine.model import (
     Decision,
     Delete,
@@ -61,9 +73,11 @@ from rotator.engine.model import (
     Observation,
     Phase,
     Promote,
+    Publish,
     Reset,
     Revoke,
     RevokeOrphan,
+    Roll,
     Stage,
     Wait,
     attempt_of,
@@ -200,6 +214,87 @@ def _steady(obs: Observation, key: VendorKey, *, cutover: bool) -> Decision:
             due_at = min(due_at, obs.next_schedule_fire)
         return Done(f"{show(key)} is current everywhere; next due {when(due_at)}", key.id, until=due_at)
     return Reset(reason, key_id=key.id) if cutover else Mint(reason, key_id=key.id)
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+def _minted_attempt(obs: Observation, key: VendorKey, version: StoredVersion) -> str | None:
+    """The attempt whose consumers roll to ``key``: its stamp's, when the rotator minted the key
+    (overlap: the vendor's name of the key says so) or reset to it (cutover: the vendor names
+    no key, so any stamp but an adoption's). ``None`` for an adopted key: it rolls nothing."""
+    stamp = version.stamp
+    if stamp is None or stamp.key_id != key.id:
+        return None
+    if obs.strategy == "cutover":
+        return None if stamp.attempt == adoption_attempt(key.id) else stamp.attempt
+    return stamp.attempt if attempt_of(obs.key, key) == stamp.attempt else None
+
+
+def _rolled_at(obs: Observation, attempt: str | None) -> datetime | None:
+    """When the last consumer of ``attempt`` finished rolling (vendor clock), if any did."""
+    if attempt is None:
+        return None
+    return max((t for c in obs.consumers if (t := obs.rolled.get((attempt, c))) is not None), default=None)
+
+
+def _publish(obs: Observation, key: VendorKey, version: StoredVersion) -> Decision | None:
+    """Publish ``key`` to the write-only targets whose last write the journal shows was another key."""
+    fp = version.fingerprint
+    missing = tuple(i for i, name in enumerate(obs.write_only) if obs.published.get(name) != fp)
+    if not missing:
+        return None
+    names = ", ".join(obs.write_only[i] for i in missing)
+    return Publish(
+        f"{show(key)} is current in every readable target; writing it to {names}",
+        targets=missing,
+        version=_stamped(version, key),
+        key_id=key.id,
+    )
+
+
+def _roll(
+    obs: Observation,
+    key: VendorKey,
+    version: StoredVersion,
+    attempt: str | None,
+    promoted_at: datetime | None,
+    old: VendorKey | None,
+) -> Decision | None:
+    """Roll the consumers of ``attempt`` the journal does not show rolled, in file order; from
+    ``promoted_at + timeout`` on, hold instead while the old key lives or a roll failed (else
+    the journal does not know these rolls, e.g. it is not kept between runs: never roll blind)
+    unless a person asks again (``force``)."""
+    if attempt is None or not obs.consumers:
+        return None
+    todo = tuple(i for i, c in enumerate(obs.consumers) if (attempt, c) not in obs.rolled)
+    if not todo:
+        return None
+    names = ", ".join(obs.consumers[i] for i in todo)
+    failed = [e for i in todo if (e := obs.roll_failures.get((attempt, obs.consumers[i]))) is not None]
+    last = f"; last error(s): {'; '.join(failed)}" if failed else ""
+    timeout = obs.policy.timeout
+    if promoted_at is not None and obs.now >= promoted_at + timeout and not obs.force:
+        if old is None and not failed:
+            return None
+        keeps = f"; the old key {show(old)} stays active" if old is not None else ""
+        return Hold(
+            f"consumers not rolled to {show(key)} within {format_duration(timeout)} of its promotion "
+            f"at {when(promoted_at)}: {names}{last}{keeps}. Fix them, then run `rotator rotate "
+            f"{obs.key}` to roll them again (it finishes this rotation, then starts the next)",
+            key_id=(old or key).id,
+            promoted_at=promoted_at,
+        )
+    phase: RollPhase = "reset" if obs.strategy == "cutover" else "rotation"
+    return Roll(
+        f"{show(key)} is in every target; rolling {names}{last}",
+        consumers=todo,
+        attempt=attempt,
+        key_id=key.id,
+        prefix=key.prefix,
+        fingerprint=version.fingerprint,
+        roll_phase="emergency" if obs.emergency else phase,
+    )
 
 
 # --------------------------------------------------------------------------- overlap
@@ -352,8 +447,22 @@ def _promote_lagging(seen: _Seen) -> Decision | None:
     )
 
 
+def _publish_new(seen: _Seen) -> Decision | None:
+    """Rule 5: write the new key to each write-only target the journal does not show holding it."""
+    return _publish(seen.obs, *seen.newest)
+
+
+def _roll_new(seen: _Seen) -> Decision | None:
+    """Rule 6: roll the consumers of the new key's attempt not yet rolled; hold at the timeout."""
+    obs, (new_key, new_version) = seen.obs, seen.newest
+    older = [k for k in seen.active if k.id != new_key.id and k.created_at < new_key.created_at]
+    old = min(older, key=lambda k: k.created_at) if older else None
+    attempt = _minted_attempt(obs, new_key, new_version)
+    return _roll(obs, new_key, new_version, attempt, min(seen.promoted, default=None), old)
+
+
 def _delete_inactive(seen: _Seen) -> Decision | None:
-    """Rule 5: two-step revoke: delete an inactive key once ripe, or when its slot is needed."""
+    """Rule 7: two-step revoke: delete an inactive key once ripe, or when its slot is needed."""
     obs, new_key = seen.obs, seen.new_key
     inactive = [k for k in obs.vendor if k.status == "inactive" and k.id != new_key.id]
     if obs.delete_after is None or not inactive:
@@ -371,7 +480,7 @@ def _delete_inactive(seen: _Seen) -> Decision | None:
 
 
 def _newer_stranger(seen: _Seen) -> Decision | None:
-    """Rule 6: an active key newer than the current one, in no target, not the rotator's."""
+    """Rule 8: an active key newer than the current one, in no target, not the rotator's."""
     new_key = seen.new_key
     newer = [k for k in seen.active if k.id != new_key.id and k.created_at > new_key.created_at]
     if not newer:
@@ -383,7 +492,7 @@ def _newer_stranger(seen: _Seen) -> Decision | None:
 
 
 def _drain_older(seen: _Seen) -> Decision | None:
-    """Rule 7: an older active key drains after the new key's promotion."""
+    """Rule 9: an older active key drains after the new key's promotion (and its consumers' rolls)."""
     new_key = seen.new_key
     others = [k for k in seen.active if k.id != new_key.id]
     if not others:
@@ -393,11 +502,14 @@ def _drain_older(seen: _Seen) -> Decision | None:
             f"key {show(others[0])} is active beside the adopted current key {show(new_key)}, "
             "and the rotator never promoted either; revoke it by hand or run `rotator rotate`"
         )
-    return _drain(seen.obs, new_key, min(others, key=lambda k: k.created_at), min(seen.promoted))
+    promoted_at = min(seen.promoted)
+    rolled_at = _rolled_at(seen.obs, _minted_attempt(seen.obs, new_key, seen.newest[1]))
+    old = min(others, key=lambda k: k.created_at)
+    return _drain(seen.obs, new_key, old, promoted_at, rolled_at)
 
 
 def _pending_leftover(seen: _Seen) -> Decision | None:
-    """Rule 8: never mint while a store still holds an unresolved pending version of a live key."""
+    """Rule 10: never mint while a store still holds an unresolved pending version of a live key."""
     obs, new_key = seen.obs, seen.new_key
     leftover = [
         obs.targets[i].name
@@ -419,12 +531,14 @@ _OVERLAP_RULES: tuple[Callable[[_Seen], Decision | None], ...] = (
     _no_working_key,
     _stage_missing,
     _promote_lagging,
+    _publish_new,
+    _roll_new,
     _delete_inactive,
     _newer_stranger,
     _drain_older,
     _pending_leftover,
 )
-"""Rules 1-8 of the module docstring, in order; rule 9 (:func:`_steady`) is the rest."""
+"""Rules 1-10 of the module docstring, in order; rule 11 (:func:`_steady`) is the rest."""
 
 
 def _decide_overlap(obs: Observation) -> Decision:
@@ -436,13 +550,19 @@ def _decide_overlap(obs: Observation) -> Decision:
     return _steady(obs, seen.new_key, cutover=False)
 
 
-def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: datetime) -> Decision:
+def _drain(
+    obs: Observation, new: VendorKey, old: VendorKey, promoted_at: datetime, rolled_at: datetime | None = None
+) -> Decision:
+    """Rule 9's drain. Propagation, drain and timeout count from ``rolled_at`` (the last consumer
+    rolled) when consumers were rolled, else from ``promoted_at``; both are reported."""
     policy = obs.policy
-    quiet_from = promoted_at + policy.propagation
+    start = max(promoted_at, rolled_at) if rolled_at is not None else promoted_at
+    since = f"promotion at {when(promoted_at)}" if rolled_at is None else f"the last roll at {when(start)}"
+    quiet_from = start + policy.propagation
     last = old.last_used_at
     quiet_since = max(quiet_from, last) if last is not None else quiet_from
     ready_at = quiet_since + policy.drain
-    deadline = promoted_at + policy.timeout
+    deadline = start + policy.timeout
     new_ok = not policy.require_new_traffic or (
         new.last_used_at is not None and new.last_used_at >= promoted_at
     )
@@ -450,7 +570,7 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
         used = f"last used {when(last)}" if last else "never used"
         return Revoke(
             f"old key {show(old)} drained: {used}, quiet for {format_duration(policy.drain)} "
-            f"after promotion at {when(promoted_at)} + propagation",
+            f"after {since} + propagation",
             old.id,
             promoted_at,
         )
@@ -468,7 +588,7 @@ def _drain(obs: Observation, new: VendorKey, old: VendorKey, promoted_at: dateti
                 promoted_at,
             )
         return Hold(
-            f"drain timeout ({format_duration(policy.timeout)} since {when(promoted_at)}): {failed}; "
+            f"drain timeout ({format_duration(policy.timeout)} since {when(start)}): {failed}; "
             "the old key stays active. Move its consumers and run `rotator apply`, or revoke it by hand",
             key_id=old.id,
             promoted_at=promoted_at,
@@ -561,13 +681,33 @@ def _stage_lagging(cut: _Cut) -> Decision | None:
     )
 
 
+def _cut_version(cut: _Cut) -> tuple[VendorKey, StoredVersion]:
+    """The vendor's current key and its stored version (a stamped copy first)."""
+    assert cut.current is not None  # rule 1
+    return cut.current, max(cut.holding, key=lambda v: v.stamp is not None)
+
+
+def _publish_reset(cut: _Cut) -> Decision | None:
+    """Cutover rule 5: write the vendor's key to the write-only targets not holding it."""
+    return _publish(cut.obs, *_cut_version(cut))
+
+
+def _roll_reset(cut: _Cut) -> Decision | None:
+    """Cutover rule 6: roll the consumers of the reset's attempt not yet rolled."""
+    current, version = _cut_version(cut)
+    promoted_at = version.stamp.promoted_at if version.stamp is not None else None
+    return _roll(cut.obs, current, version, _minted_attempt(cut.obs, current, version), promoted_at, None)
+
+
 _CUTOVER_RULES: tuple[Callable[[_Cut], Decision | None], ...] = (
     _no_active_key,
     _adopt_bootstrap,
     _lost_reset,
     _stage_lagging,
+    _publish_reset,
+    _roll_reset,
 )
-"""Cutover rules 1-4 of the module docstring, in order; rule 5 (:func:`_steady`) is the rest."""
+"""Cutover rules 1-6 of the module docstring, in order; rule 7 (:func:`_steady`) is the rest."""
 
 
 def _decide_cutover(obs: Observation) -> Decision:

@@ -1,7 +1,9 @@
 """A test hook: die by SIGKILL at a named step boundary, to prove crash safety.
 
 Set ``ROTATOR_CRASH_AT`` to one of :data:`CHECKPOINTS` (optionally ``name@key`` to limit
-it to one key). Nothing happens when it is unset, which is always the case in production.
+it to one key, and ``name#n`` to die the n-th time this process reaches it, e.g. after the
+second consumer's roll: ``after-roll#2``). Nothing happens when it is unset, which is always
+the case in production.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ CHECKPOINTS = (
     "after-stage-first",  # durable in the first target
     "after-stage",  # staged in every target
     "after-promote",  # current everywhere, old key still active
+    "before-publish",  # current in every readable target, write-only targets not yet written
+    "after-publish",  # written to the write-only targets and journalled
+    "before-roll",  # a consumer about to be rolled (a kill here: it is rolled again next pass)
+    "after-roll",  # a consumer rolled and journalled: never rolled again for this attempt
     "after-revoke",  # old key revoked
     "before-reset",  # cutover: attempt on record, reset not sent
     "after-reset",  # cutover: old key revoked by the vendor, new value only in memory
@@ -23,6 +29,7 @@ CHECKPOINTS = (
 
 
 _hooks: dict[str, list[Callable[[str], None]]] = {}
+_reached: dict[str, int] = {}
 
 
 @contextlib.contextmanager
@@ -46,5 +53,9 @@ def checkpoint(name: str, key: str) -> None:
     if not wanted:
         return
     point, _, only = wanted.partition("@")
-    if point == name and (not only or only == key):
+    point, _, nth = point.partition("#")
+    if point != name or (only and only != key):
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)

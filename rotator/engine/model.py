@@ -7,18 +7,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import ClassVar, Literal
 
-from rotator.abc import Capabilities, StoredVersion, TargetState, VendorKey
+from rotator.abc import Capabilities, RollPhase, StoredVersion, TargetState, VendorKey
 from rotator.secret import Secret
 from rotator.spec import VerifyPolicy
 
 Strategy = Literal["overlap", "cutover"]
-Action = Literal["mint", "reset", "stage", "promote", "revoke", "wait", "hold", "fail", "done"]
+Action = Literal[
+    "mint", "reset", "stage", "promote", "publish", "roll", "revoke", "wait", "hold", "fail", "done"
+]
 Phase = Literal[
     "current",
     "due",
     "minted",
     "staged",
     "promoted",
+    "rolling",
     "draining",
     "revoked",
     "reset",
@@ -84,6 +87,18 @@ class Observation:
     """Attempts the journal shows writing their key to some target (staged, promoted or
     reset), among those of the active keys no target holds now: such a key was stored once,
     so it is no orphan (a target was renamed or deleted)."""
+    write_only: tuple[str, ...] = ()
+    """The key's write-only targets, by name, in file order (``Publish.targets`` index them)."""
+    published: Mapping[str, str] = field(default_factory=dict)
+    """Write-only target name -> fingerprint the journal shows last written there."""
+    consumers: tuple[str, ...] = ()
+    """The key's consumers, by label, in file order (``Roll.consumers`` index them)."""
+    rolled: Mapping[tuple[str, str], datetime] = field(default_factory=dict)
+    """(attempt, consumer) -> when the journal shows that roll finished, in the vendor's clock."""
+    roll_failures: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    """(attempt, consumer) -> the error of its last failed roll, for a roll not done since."""
+    emergency: bool = False
+    """An emergency pass: consumers are told the roll is for an emergency."""
 
 
 class _Step:
@@ -146,6 +161,38 @@ class Promote(_Step):
     promoted_at: datetime
     action: ClassVar[Action] = "promote"
     phase: ClassVar[Phase] = "staged"
+
+
+@dataclass(frozen=True)
+class Publish(_Step):
+    """Write the new key (current in every readable target) to the write-only ``targets``
+    (indices into ``Observation.write_only``)."""
+
+    reason: str
+    targets: tuple[int, ...]
+    version: StoredVersion
+    """The new key, stamped."""
+    key_id: str
+    action: ClassVar[Action] = "publish"
+    phase: ClassVar[Phase] = "promoted"
+
+
+@dataclass(frozen=True)
+class Roll(_Step):
+    """Roll ``consumers`` (indices into ``Observation.consumers``), in file order, to the new
+    key of ``attempt``: each once, journalled as it finishes."""
+
+    reason: str
+    consumers: tuple[int, ...]
+    attempt: str
+    key_id: str
+    prefix: str
+    fingerprint: str
+    roll_phase: RollPhase
+    """What the consumers are told the roll is for (:class:`rotator.abc.RollEvent`'s
+    ``phase``): a planned rotation, a reset, an emergency."""
+    action: ClassVar[Action] = "roll"
+    phase: ClassVar[Phase] = "rolling"
 
 
 @dataclass(frozen=True)
@@ -228,7 +275,21 @@ class Done(_Step):
     terminal: ClassVar[bool] = True
 
 
-Decision = Mint | Reset | Stage | Promote | Revoke | Delete | RevokeOrphan | Wait | Hold | Fail | Done
+Decision = (
+    Mint
+    | Reset
+    | Stage
+    | Promote
+    | Publish
+    | Roll
+    | Revoke
+    | Delete
+    | RevokeOrphan
+    | Wait
+    | Hold
+    | Fail
+    | Done
+)
 """The next safe step for one key, and why: what ``decide`` returns."""
 
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from rotator.abc import AppScoped, Issuer, SecretStore, TargetState, VendorClock, VendorKey
+from rotator.abc import AppScoped, Issuer, SecretStore, TargetState, VendorClock, VendorKey, parse_time
 from rotator.audit import Journal
 from rotator.engine.model import Observation, TargetObs, attempt_of
 from rotator.errors import RotatorError, StoreError, Transient, VendorAuthError
@@ -21,6 +21,9 @@ from rotator.spec import RotationFile, cron_trigger
 
 _STORED_EVENTS = frozenset({"staged", "promoted", "reset"})
 """Journal events that mean an attempt's key reached a target."""
+JOURNAL_MARGIN = timedelta(hours=1)
+"""How far before the newest key's creation (in our clock) the journal is read for its
+writes and rolls: room for a skewed clock."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,15 @@ class ObserveContext:
     use_credential: Callable[[Secret | None], None]
     """Make the issuer authenticate with this value (a reset vendor is read with the app's own
     key); ``None``: forget it."""
+    write_only: Sequence[str] = ()
+    """The key's write-only targets, by name, in file order."""
+    consumers: Sequence[str] = ()
+    """The key's consumers, by label, in file order."""
 
 
-def observe(ctx: ObserveContext, *, force: bool = False) -> Observation:
-    """Everything ``decide`` needs about ``ctx.key``, read now."""
+def observe(ctx: ObserveContext, *, force: bool = False, emergency: bool = False) -> Observation:
+    """Everything ``decide`` needs about ``ctx.key``, read now (``emergency``: the pass is an
+    emergency's, which consumers are told when rolled)."""
     key, issuer, stores, bootstrap = ctx.key, ctx.issuer, ctx.stores, ctx.bootstrap
     with ThreadPoolExecutor(max_workers=max(1, len(stores))) as pool:
         targets = tuple(pool.map(read_target, stores))
@@ -61,8 +69,16 @@ def observe(ctx: ObserveContext, *, force: bool = False) -> Observation:
     now = ctx.clock()
     vendor_now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
     issuer_spec = ctx.spec.issuers[spec.issuer]
+    offset = None if vendor_now is None else vendor_now - now
+    record = _record(ctx, vendor, offset)
     return Observation(
-        clock_offset=None if vendor_now is None else vendor_now - now,
+        write_only=tuple(ctx.write_only),
+        consumers=tuple(ctx.consumers),
+        published=record.published,
+        rolled=record.rolled,
+        roll_failures=record.roll_failures,
+        emergency=emergency,
+        clock_offset=offset,
         stored_attempts=_stored_attempts(ctx, vendor, owners),
         rejected=rejected,
         owners=owners,
@@ -79,6 +95,38 @@ def observe(ctx: ObserveContext, *, force: bool = False) -> Observation:
         force=force,
         bootstrap=bootstrap,
     )
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What the journal shows written to the write-only targets and rolled (``Observation``'s
+    fields of the same names)."""
+
+    published: Mapping[str, str]
+    rolled: Mapping[tuple[str, str], datetime]
+    roll_failures: Mapping[tuple[str, str], str]
+
+
+def _record(ctx: ObserveContext, vendor: Sequence[VendorKey], offset: timedelta | None) -> _Record:
+    """What the journal shows written to and rolled for ``ctx.key`` since its newest active
+    key was created, read from the journal's end; a key with no write-only target and no
+    consumer reads nothing."""
+    newest = max((k.created_at for k in vendor if k.active), default=None)
+    if (not ctx.write_only and not ctx.consumers) or newest is None:
+        return _Record({}, {}, {})
+    since = newest - (offset or timedelta(0)) - JOURNAL_MARGIN  # the journal's times are ours
+    published: dict[str, str] = {}
+    rolled: dict[tuple[str, str], datetime] = {}
+    failures: dict[tuple[str, str], str] = {}
+    for e in ctx.journal.recent(ctx.key, since):
+        event, attempt, details = e.get("event"), e.get("attempt"), e.get("details") or {}
+        if event == "published":
+            published[str(details.get("target"))] = str(details.get("fingerprint"))
+        elif event == "rolled" and attempt:
+            rolled[(attempt, str(details.get("consumer")))] = parse_time(str(details.get("rolled_at")))
+        elif event == "roll-failed" and attempt:
+            failures[(attempt, str(details.get("consumer")))] = str(details.get("error"))
+    return _Record(published, rolled, {k: v for k, v in failures.items() if k not in rolled})
 
 
 def read_target(store: SecretStore) -> TargetObs:

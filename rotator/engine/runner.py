@@ -18,13 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from rotator.abc import Closeable, Issuer, Lease, Losable, SecretStore
+from rotator.abc import Closeable, Consumer, Issuer, Lease, Losable, SecretStore, WriteOnlyTarget
 from rotator.audit import Journal
 from rotator.engine.act import Acted, StepContext
 from rotator.engine.act import act as take_step
-from rotator.engine.decide import decide
+from rotator.engine.decide import decide, when
 from rotator.engine.lease import FileLease
-from rotator.engine.model import Decision, Fail, Hold, Mint, Observation, Order, Reset, Wait
+from rotator.engine.model import Decision, Fail, Hold, Mint, Observation, Order, Reset, Roll, Wait
 from rotator.engine.observe import ObserveContext, observe
 from rotator.errors import (
     Held,
@@ -44,7 +44,8 @@ log = logging.getLogger("rotator.engine")
 
 Outcome = Literal["ok", "waiting", "held", "failed", "busy"]
 MAX_STEPS = 16
-"""Acting steps one key may take in one pass; a rotation needs about six. Waits are not steps."""
+"""Acting steps one key may take in one pass; a rotation needs about six (eight with write-only
+targets and consumers). Waits are not steps, nor is a roll that failed (a wait to retry it)."""
 WAIT_MARGIN = timedelta(minutes=10)
 """``--wait`` gives up at the key's ``verify.timeout`` plus this margin (for the steps before
 promotion) unless ``--wait-timeout`` says otherwise: by then the drain has ended in a revoke or
@@ -110,6 +111,8 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         issuer_factory: Callable[..., Issuer] | None = None,
         store_factory: Callable[..., SecretStore] | None = None,
+        write_only_factory: Callable[..., WriteOnlyTarget] | None = None,
+        consumer_factory: Callable[..., Consumer] | None = None,
         lease: Lease | None = None,
         sleep: Callable[[float], object] | None = None,
     ) -> None:
@@ -124,7 +127,11 @@ class Engine:
         self.lease: Lease = lease if lease is not None else make_lease(spec, self.state_dir)
         self._issuer_factory = issuer_factory
         self._store_factory = store_factory
+        self._write_only_factory = write_only_factory
+        self._consumer_factory = consumer_factory
         self._stores: dict[str, list[SecretStore]] = {}
+        self._write_only: dict[str, list[WriteOnlyTarget]] = {}
+        self._consumers: dict[str, list[Consumer]] = {}
         self._issuers: dict[str, Issuer] = {}
         self._credentials: dict[str, Secret] = {}
         self.stopping = threading.Event()
@@ -159,6 +166,37 @@ class Engine:
                 factory(t, base_dir=self.base_dir) for t in self.spec.keys[key].readable_targets()
             ]
         return self._stores[key]
+
+    def write_only(self, key: str) -> list[WriteOnlyTarget]:
+        """``key``'s write-only targets, in file order (opened once)."""
+        if key not in self._write_only:
+            factory = self._write_only_factory
+            self._write_only[key] = [
+                factory(t, base_dir=self.base_dir) if factory else t.open_write_only(base_dir=self.base_dir)
+                for t in self.spec.keys[key].write_only_targets()
+            ]
+        return self._write_only[key]
+
+    def consumers(self, key: str) -> list[Consumer]:
+        """``key``'s consumers, in file order (opened once, when a roll first needs them). Each
+        is journalled under its name, which must be its declaration's label."""
+        if key not in self._consumers:
+            factory = self._consumer_factory
+            opened = []
+            for model in self.spec.keys[key].consumers:
+                consumer = (
+                    factory(model, key=key, base_dir=self.base_dir)
+                    if factory
+                    else model.make_consumer(key=key, base_dir=self.base_dir)
+                )
+                if consumer.name != model.label():
+                    raise RotatorError(
+                        f"consumer {model.label()}: its plugin names it {consumer.name!r}; a consumer "
+                        "must carry its declaration's label (the journal records its rolls under it)"
+                    )
+                opened.append(consumer)
+            self._consumers[key] = opened
+        return self._consumers[key]
 
     def issuer(self, key: str) -> Issuer:
         if key not in self._issuers:
@@ -219,7 +257,7 @@ class Engine:
 
     # ------------------------------------------------------------------ observe and act
 
-    def observe(self, key: str, *, force: bool = False) -> Observation:
+    def observe(self, key: str, *, force: bool = False, emergency: bool = False) -> Observation:
         """What ``decide`` needs about ``key``, read now (observe.py)."""
 
         def use_credential(value: Secret | None) -> None:
@@ -237,8 +275,10 @@ class Engine:
             clock=self.clock,
             bootstrap=self._bootstrap(key),
             use_credential=use_credential,
+            write_only=tuple(t.name for t in self.write_only(key)),
+            consumers=tuple(c.label() for c in self.spec.keys[key].consumers),
         )
-        return observe(ctx, force=force)
+        return observe(ctx, force=force, emergency=emergency)
 
     def step_context(self, key: str, lease: object | None = None) -> StepContext:
         """What one step of ``key`` may touch (act.py)."""
@@ -252,6 +292,9 @@ class Engine:
             credential=lambda: self._credential(key),
             forget_credential=lambda: self._forget_credential(key),
             lease=lease,
+            write_only=lambda: self.write_only(key),
+            consumers=lambda: self.consumers(key),
+            stop=self.stopping,
         )
 
     def act(
@@ -365,10 +408,11 @@ class Engine:
             yield lease
 
     def reconcile_locked(
-        self, key: str, *, force: bool = False, stop_before: Collection[str] = ()
+        self, key: str, *, force: bool = False, stop_before: Collection[str] = (), emergency: bool = False
     ) -> KeyResult:
-        """:meth:`reconcile` for a caller that already holds the key's lease (emergency)."""
-        return self._reconcile(key, force, False, None, None, stop_before, None)
+        """:meth:`reconcile` for a caller that already holds the key's lease (emergency: its
+        consumers are told the roll is an emergency's)."""
+        return self._reconcile(key, force, False, None, None, stop_before, None, emergency=emergency)
 
     def _reconcile(
         self,
@@ -381,8 +425,9 @@ class Engine:
         lease: object | None,
         *,
         wait_timeout: timedelta = timedelta(0),
+        emergency: bool = False,
     ) -> KeyResult:
-        run = _Run(key, force, wait, wait_timeout, self.clock() + wait_timeout)
+        run = _Run(key, force, wait, wait_timeout, self.clock() + wait_timeout, emergency=emergency)
         while True:
             stop = self._interrupted(run, lease)
             if stop is not None:
@@ -433,7 +478,7 @@ class Engine:
         lease: object | None,
     ) -> bool:
         """Observe, decide and (unless the pass ends here) act once; False when the pass ends."""
-        obs = self.observe(run.key, force=run.force)
+        obs = self.observe(run.key, force=run.force, emergency=run.emergency)
         run.decision = decision = decide(obs)
         if progress:
             progress(run.key, decision)
@@ -448,17 +493,58 @@ class Engine:
             return True
         if decision.terminal or decision.action in stop_before:
             return False
-        if len(run.steps) >= MAX_STEPS:  # only acting steps count: a wait of any length is none
+        if len(run.steps) - run.retries >= MAX_STEPS:  # only acting steps count: no wait is one
             run.decision = Fail(f"no rest after {MAX_STEPS} steps; next: {decision.reason}")
             return False
+        return self._take(run, decision, progress, attempt, lease)
+
+    def _take(
+        self,
+        run: _Run,
+        decision: Decision,
+        progress: Progress | None,
+        attempt: str | None,
+        lease: object | None,
+    ) -> bool:
+        """Act on ``decision``; False when the pass ends."""
         acted = self.act(run.key, decision, attempt, lease=lease)
         if acted.reset_at is not None:
             run.reset_at = acted.reset_at
         if acted.error is not None:
             raise acted.error
         run.steps.append(decision.action)
+        if isinstance(decision, Roll) and acted.roll_failures:
+            return self._roll_later(run, decision, acted.roll_failures, progress)
         if isinstance(decision, Mint | Reset):
             run.force = False  # a requested rotation is served once
+        return True
+
+    def _roll_later(
+        self, run: _Run, roll: Roll, failures: Sequence[tuple[str, str]], progress: Progress | None
+    ) -> bool:
+        """Some consumers failed to roll: the old key is alive and nothing is broken, so the pass
+        waits (phase ``rolling``) and tries them again after ``roll_retry``: ``--wait`` here,
+        else the next pass. False when the pass ends."""
+        run.retries += 1
+        until = self.clock() + timedelta(seconds=self.settings.roll_retry)
+        errors = "; ".join(error for _, error in failures)
+        run.decision = wait = Wait(
+            "rolling",
+            f"{len(failures)} consumer(s) not rolled to {roll.key_id} ({errors}); trying again "
+            f"at {when(until)}",
+            until=until,
+            key_id=roll.key_id,
+        )
+        if progress:
+            progress(run.key, wait)
+        if not run.wait:
+            return False
+        end = min(until, run.give_up)
+        while (left := (end - self.clock()).total_seconds()) > 0 and not self.stopping.is_set():
+            self._sleep(min(left, WAIT_POLL))
+        if self.clock() >= run.give_up:
+            run.decision = _gave_up(run.key, wait, run.limit)
+            return False
         return True
 
     def _back_off(self, key: str, exc: Transient, backoff: float, give_up: datetime) -> bool:
@@ -496,6 +582,10 @@ class _Run:
     steps: list[str] = field(default_factory=list)
     decision: Decision = field(default_factory=lambda: Fail("no step taken"))
     reset_at: float | None = None
+    emergency: bool = False
+    retries: int = 0
+    """Rolls in ``steps`` that failed and were retried later: waits, not steps, for
+    :data:`MAX_STEPS`."""
 
 
 class _TargetsDown(Transient):

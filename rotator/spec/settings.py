@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     retry_max_total: float = Field(default=120.0, gt=0)
     probe_timeout: float = Field(default=60.0, gt=0)
     """How long a new key may take to be accepted by the vendor (eventual consistency)."""
+    roll_retry: float = Field(default=30.0, gt=0)
+    """Seconds before a consumer that failed to roll is tried again (``--wait``; else the next
+    pass tries it)."""
 
 
 def load_settings() -> Settings:
