@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -32,6 +33,9 @@ from rotator.spec import ConsumerModel, TargetModel
 
 ALWAYS = 1 << 30
 """``fail=ALWAYS``: a consumer or target that never succeeds."""
+DIE_IN_ROLL = "TEST_DIE_IN_ROLL"
+"""Names a :class:`FileConsumer` that kills its process right after its roll, before the
+engine journals it: the one instant a consumer is rolled twice for one attempt."""
 
 
 def write_only_name(target: TargetModel) -> str:
@@ -159,6 +163,8 @@ class FileConsumer:
 
     def roll(self, event: RollEvent, *, stop: threading.Event) -> None:
         _append(self.record, {"consumer": self._name, "pid": os.getpid(), **event.to_dict()})
+        if os.environ.get(DIE_IN_ROLL) == self._name:  # rolled, not yet journalled
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FileWriteOnly:

@@ -18,7 +18,9 @@ import pytest
 
 from rotator.abc import parse_time
 from rotator.sandbox.emulator import EmulatorServer
+from rotator.secret import fingerprint
 from tests.conftest import run_cli
+from tests.doubles import DIE_IN_ROLL, read_record
 from tests.e2e_helpers import (
     ADMIN_ENV,
     VENDOR_CLOCK_SLACK_S,
@@ -132,3 +134,106 @@ def test_canary_never_leaks(tmp_path: Path, emulator: EmulatorServer, log_format
     for canary in (admin, first, second):
         for text in outputs + written:
             assert canary not in text
+
+
+# --------------------------------------------------------------------------- consumers
+
+ROLL_CHECKPOINTS = [
+    "before-publish",
+    "after-publish",
+    "before-roll",
+    "after-roll",
+    "before-roll#2",
+    "after-roll#2",
+    "in-roll",  # killed inside the first roll, after it took effect, before it was journalled
+]
+ROLL_SPEC = """\
+version: 1
+state_dir: state
+defaults:
+  verify: {{drain: 1s, propagation: 1s, timeout: 60s}}
+issuers:
+  emu: {{type: adjudon, base_url: "{url}", credential: {{env: {admin}}}}}
+keys:
+  payments:
+    issuer: emu
+    kind: agent
+    agent_id: payments
+    targets:
+      - {{type: file, path: secrets/a.env, format: dotenv, field: ADJUDON_API_KEY}}
+      - {{type: github, repository: acme/pay, secret_name: ADJUDON_API_KEY}}
+    consumers:
+      - {{type: command, argv: [restart, api]}}
+      - {{type: command, argv: [restart, worker]}}
+"""
+
+
+def _child(tmp: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """One `--wait` pass in a fresh process, with consumers and a write-only target that record
+    to a file (tests/doubles.py)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.doubles", str(tmp), "payments", *args],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("checkpoint", ROLL_CHECKPOINTS)
+def test_sigkill_around_publish_and_rolls_converges(
+    tmp_path: Path, emulator: EmulatorServer, checkpoint: str
+) -> None:
+    """Killed around a write to a write-only target or a consumer's roll, the next pass
+    finishes: the target holds the new key, each consumer is rolled at least once and at most
+    twice for the attempt (twice only when killed inside its roll, before its journal entry),
+    exactly once when killed after it was journalled; the journal shows one roll each; the
+    old key is revoked after the last roll plus propagation and drain."""
+    env = {ADMIN_ENV: emulator.emulator.bootstrap_workspace_key(), **FAST_ENV}
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "rotations.yaml").write_text(ROLL_SPEC.format(url=emulator.url, admin=ADMIN_ENV))
+    first = _child(tmp_path, env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    old = read_dotenv_key(tmp_path / "secrets/a.env")
+
+    crash = (
+        {DIE_IN_ROLL: "command:restart api"} if checkpoint == "in-roll" else {"ROTATOR_CRASH_AT": checkpoint}
+    )
+    crashed = _child(tmp_path, {**env, **crash}, "--force")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    fresh = _child(tmp_path, env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+
+    new = read_dotenv_key(tmp_path / "secrets/a.env")
+    assert new is not None and new != old and emulator.emulator.key_accepted(new)
+    assert not emulator.emulator.key_accepted(old or "")
+    assert len(agent_keys(emulator, active=True)) == 1
+    events = journal(tmp_path)
+    attempt = [e["attempt"] for e in events if e["event"] == "minted"][-1]
+    record = [r for r in read_record(tmp_path) if r.get("attempt") == attempt]
+    fp = fingerprint(new)
+    assert [e["details"]["fingerprint"] for e in events if e["event"] == "minted"][-1] == fp
+    assert [(r["target"], r["fingerprint"]) for r in record if "target" in r] == [
+        ("github:acme/pay#ADJUDON_API_KEY", fp)
+    ]
+    rolls = {
+        name: sum(r.get("consumer") == name for r in record)
+        for name in ("command:restart api", "command:restart worker")
+    }
+    assert all(1 <= n <= 2 for n in rolls.values()), rolls
+    # exactly once, but for the consumer killed inside its roll (rolled, not yet journalled)
+    twice = "command:restart api" if checkpoint == "in-roll" else None
+    assert rolls == {name: 2 if name == twice else 1 for name in rolls}, rolls
+    journalled = [
+        e["details"]["consumer"] for e in events if e["event"] == "rolled" and e["attempt"] == attempt
+    ]
+    assert sorted(journalled) == ["command:restart api", "command:restart worker"]
+    last_roll = max(
+        parse_time(e["details"]["rolled_at"])
+        for e in events
+        if e["event"] == "rolled" and e["attempt"] == attempt
+    )
+    revoked = max(parse_time(e["ts"]) for e in events if e["event"] == "revoked")
+    assert (revoked - last_roll).total_seconds() >= 2.0  # propagation + drain, from the last roll
