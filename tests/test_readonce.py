@@ -19,7 +19,7 @@ import pytest
 
 from providers.consumers.webhook import sign
 from rotator.abc import RollEvent
-from rotator.builtin.consumers import WebhookConsumer
+from rotator.builtin.consumers import CommandConsumer, WebhookConsumer
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.sandbox.readonce import Totals, is_running, read_pid, read_stats
 from rotator.secret import fingerprint
@@ -247,3 +247,56 @@ def test_a_webhook_delivery_restarts_the_service_once(loop: Loop, receiver: str)
     assert forged.status_code == 401
     totals = loop.wait_for(lambda t: t.generations[-1].accepted >= 3)
     assert len(totals.generations) == 2 and totals.auth_failures == 0
+
+
+def test_the_command_consumer_runs_the_restart(loop: Loop, tmp_path: Path) -> None:
+    """As the loop runs it: the command consumer (its built environment, its process group)
+    runs ``restart``; the new generation outlives the command, the old one is stopped."""
+    loop.write_key(loop.mint())
+    assert loop.restart().returncode == 0
+    old_pid = read_pid(loop.pidfile)
+    new_key = loop.mint()
+    loop.write_key(new_key)
+    spec = CommandConsumer.model_validate(
+        {
+            "type": "command",
+            "argv": [sys.executable, "-m", MODULE, "restart", *loop.options()],
+            "timeout": "30s",
+        }
+    )
+    consumer = spec.make_consumer(key="svc", base_dir=tmp_path)
+    event = RollEvent("svc", "att-1", "rotation", "key-2", new_key[:13], fingerprint(new_key))
+    consumer.roll(event, stop=threading.Event())
+    new_pid = read_pid(loop.pidfile)
+    assert new_pid not in (None, old_pid) and old_pid is not None
+    assert not is_running(old_pid)
+    time.sleep(0.5)  # the command has returned: its process group is gone, the service is not
+    totals = loop.wait_for(lambda t: t.generations[-1].accepted >= 3)
+    assert [g.pid for g in totals.running] == [new_pid]
+    assert totals.generations[-1].prefix == new_key[:13] and totals.auth_failures == 0
+
+
+def test_an_interrupted_restart_stops_the_new_generation(loop: Loop) -> None:
+    """SIGTERM to the restart tool while it waits: the new generation is stopped, the old one
+    keeps the pidfile and keeps serving."""
+    good = loop.mint()
+    loop.write_key(good)
+    assert loop.restart().returncode == 0
+    old_pid = read_pid(loop.pidfile)
+    bad = loop.mint()
+    loop.revoke(bad)
+    loop.write_key(bad)  # the new generation will never be ready
+    proc = subprocess.Popen(
+        [sys.executable, "-m", MODULE, "restart", *loop.options(), "--ready-timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    loop.wait_for(lambda t: len(t.generations) == 2 and t.generations[-1].auth_failures > 0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 1
+    assert "interrupted; the new process was stopped, the old one is left serving" in err
+    totals = loop.wait_for(lambda t: len(t.running) == 1)
+    assert [g.pid for g in totals.running] == [old_pid] and read_pid(loop.pidfile) == old_pid
+    assert totals.generations[-1].stopped_at is not None

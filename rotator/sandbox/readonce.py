@@ -186,7 +186,7 @@ def serve(args: ServeArgs) -> int:
             if gen.first_accepted_at is None and gen.accepted:
                 gen.first_accepted_at = _now()
                 _write_atomic(path, json.dumps(asdict(gen)))
-                _write_atomic(pidfile, f"{gen.pid}\n")
+                _claim(pidfile, gen.pid)
             elif time.monotonic() - written >= 1.0:
                 _write_atomic(path, json.dumps(asdict(gen)))
                 written = time.monotonic()
@@ -283,11 +283,27 @@ def wait_ready(args: ServeArgs, proc: subprocess.Popen[bytes], timeout: float) -
     raise RestartFailed(f"the new process made no accepted call within {timeout:g}s{seen}; it was stopped")
 
 
+def _claim(pidfile: Path, pid: int) -> None:
+    """A generation started on its own takes the pidfile; one started by :func:`restart` finds
+    it held by the live generation it replaces, and leaves it to the restart."""
+    held = read_pid(pidfile)
+    if held is None or held == pid or not is_running(held):
+        _write_atomic(pidfile, f"{pid}\n")
+
+
 def restart(args: ServeArgs, *, ready_timeout: float = 30.0) -> Generation:
-    """Start a new generation, wait until it works, then stop the old one; the new one's record."""
+    """Start a new generation, wait until it works, then stop the old one; the new one's record.
+    Interrupted (SIGTERM while waiting), it stops the new generation and leaves the old one."""
     old = read_pid(args.pidfile)
     proc = start(args)
-    gen = wait_ready(args, proc, ready_timeout)
+    try:
+        gen = wait_ready(args, proc, ready_timeout)
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        raise
+    _write_atomic(args.pidfile, f"{proc.pid}\n")
     if old is None or old == proc.pid or not is_running(old) or not _is_ours(old):
         return gen
     os.kill(old, signal.SIGTERM)
@@ -344,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rotator.sandbox.hook import run_receiver
 
         return run_receiver(serve_args, opts.secret_env, opts.port, opts.port_file, opts.ready_timeout)
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         gen = restart(serve_args, ready_timeout=opts.ready_timeout)
     except RestartFailed as exc:
@@ -351,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"readonce restart: pid {gen.pid} serving with key {gen.prefix}… ({gen.fingerprint})")
     return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise RestartFailed("interrupted; the new process was stopped, the old one is left serving")
 
 
 if __name__ == "__main__":
