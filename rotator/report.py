@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 FORMATS = ("table", "json", "csv", "html")
 _STARTS = ("promoted", "reset")
 """Journal events that make a new key current."""
+_ROLL_OUT = ("published", "rolled")
+"""Journal events of a rotation between its start and its end."""
 _ENDS = ("revoked", "verified")
 """Journal events that end a rotation: the old key revoked (overlap) or the reset verified."""
 
@@ -143,6 +145,8 @@ def _history(engine: Engine, keys: set[str]) -> dict[str, tuple[list[Proof], str
                 proofs.append(Proof(attempt, _when(e), [mark]))
             else:
                 found.entries.append(mark)
+        elif event in _ROLL_OUT and attempt and (found := _proof(proofs, attempt)) is not None:
+            found.entries.append(mark)  # the new key written to a write-only target, a consumer rolled
         elif event == "verified" and attempt and proofs and proofs[-1].attempt == attempt:
             proofs[-1].entries.append(mark)
             proofs[-1].completed_at = e["ts"]
@@ -157,6 +161,10 @@ def _history(engine: Engine, keys: set[str]) -> dict[str, tuple[list[Proof], str
         last, outcome = emergencies.get(key, (None, None))
         out[key] = (rotations.get(key, []), last, outcome)
     return out
+
+
+def _proof(proofs: list[Proof], attempt: str) -> Proof | None:
+    return next((p for p in reversed(proofs) if p.attempt == attempt), None)
 
 
 def _when(entry: dict[str, Any]) -> str:

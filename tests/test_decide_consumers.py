@@ -155,7 +155,7 @@ def test_failed_consumer_is_retried_then_held_at_timeout() -> None:
     }
     d = decide(rotating(now=P + timedelta(hours=1), **fields))
     assert isinstance(d, Roll) and d.consumers == (1,)
-    assert "c2: exit status 1" in d.reason
+    assert "last try: c2: exit status 1" in d.reason
     held = decide(rotating(now=P + TIMEOUT, **fields))
     assert isinstance(held, Hold)
     assert held.key_id == "key_1" and held.promoted_at == P

@@ -17,6 +17,7 @@ from rotator.emergency import run_emergency
 from rotator.engine.model import Decision, Revoke
 from rotator.engine.runner import Engine
 from rotator.errors import Held
+from rotator.report import build
 from rotator.sandbox.emulator import Emulator, EmulatorServer
 from rotator.spec import Settings, load_rotation_file
 from tests.doubles import ALWAYS, Doubles
@@ -104,8 +105,11 @@ def test_rotation_rolls_each_consumer_once_per_attempt_in_order(
         again = engine.apply(["payments"])[0]
         assert (again.outcome, again.steps, again.phase) == ("ok", [], "current")
         rotated = engine.apply(["payments"], force=True, wait=True)[0]
+        proof = build(engine, ["payments"]).keys[0].rotations[-1]
 
     assert rotated.outcome == "ok", rotated.message
+    # the compliance report's proof of the rotation names its writes and rolls
+    assert [m["event"] for m in proof.entries] == ["promoted", "published", "rolled", "rolled", "revoked"]
     assert rotated.steps == ["mint", "stage", "promote", "publish", "roll", "revoke"]
     assert _status(vendor, old_id) != "active"
     minted = [e["attempt"] for e in _events(tmp_path, "minted")]
@@ -365,7 +369,7 @@ def test_cutover_rolls_consumers_in_the_reset_pass(
         (C2, attempt, "reset"),
     ]
     events = [e["event"] for e in journal(tmp_path) if e["attempt"] == attempt]
-    assert events == ["reset-started", "published", "reset", "verified", "rolled", "rolled"]
+    assert events == ["reset-started", "reset", "published", "verified", "rolled", "rolled"]
 
 
 def test_emergency_on_a_reset_vendor_rolls_consumers_at_once(

@@ -435,9 +435,7 @@ def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str,
     names = [*(s.name for s in stores), *(t.name for t in targets)]
     errors = _try_all(write, range(len(names)))
     window = time.monotonic() - started
-    for j, target in enumerate(targets):
-        if len(stores) + j not in errors:
-            _journal_published(ctx, target, stamp)
+    published = [t for j, t in enumerate(targets) if len(stores) + j not in errors]
     held = [s.name for i, s in enumerate(stores) if i not in errors]
     failed = "; ".join(str(errors[i]) for i in sorted(errors))
     if not held:
@@ -450,6 +448,8 @@ def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str,
             fingerprint=value.fingerprint,
             targets=[s.name for s in stores],
         )
+        for target in published:
+            _journal_published(ctx, target, stamp)
         raise Held(
             f"APP DOWN: the app's key was reset (now {show(k)}, attempt {attempt}) and no "
             f"store could take the new one ({failed}); consumers are failing now. Make a "
@@ -470,6 +470,8 @@ def _roll_out_reset(ctx: StepContext, k: VendorKey, value: Secret, attempt: str,
         targets=held,
         **({"failed": [names[i] for i in sorted(errors)]} if errors else {}),
     )
+    for target in published:
+        _journal_published(ctx, target, stamp)
     _probe(ctx, value, "reset done but")
     ctx.journal.append("verified", key=key, attempt=attempt, key_id=k.id)
     log.info("%s: reset to %s; consumers could hold a dead key for %.3fs", key, show(k), window)

@@ -272,7 +272,7 @@ def _roll(
         return None
     names = ", ".join(obs.consumers[i] for i in todo)
     failed = [e for i in todo if (e := obs.roll_failures.get((attempt, obs.consumers[i]))) is not None]
-    last = f"; last error(s): {'; '.join(failed)}" if failed else ""
+    last = f"; last try: {'; '.join(failed)}" if failed else ""
     timeout = obs.policy.timeout
     if promoted_at is not None and obs.now >= promoted_at + timeout and not obs.force:
         if old is None and not failed:

@@ -530,8 +530,7 @@ class Engine:
         errors = "; ".join(error for _, error in failures)
         run.decision = wait = Wait(
             "rolling",
-            f"{len(failures)} consumer(s) not rolled to {roll.key_id} ({errors}); trying again "
-            f"at {when(until)}",
+            f"not rolled to {roll.key_id} ({roll.prefix}…): {errors}; trying again at {when(until)}",
             until=until,
             key_id=roll.key_id,
         )
