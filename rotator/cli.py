@@ -551,6 +551,11 @@ def emergency(
                 f"{key}: new key {report.new_key_id} ({report.new_prefix}…) current in "
                 f"{len(report.targets)} target(s)"
             )
+        if report.consumers_rolled:
+            click.echo(
+                f"{key}: {len(report.consumers_rolled)} consumer(s) rolled; outage "
+                f"{report.outage_s}s from the revoke to the last roll"
+            )
         if report.chain_valid is not None:
             click.echo(
                 f"{key}: trace chain {'valid' if report.chain_valid else 'BROKEN'} "

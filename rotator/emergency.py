@@ -18,11 +18,11 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rotator.abc import ChainAuditing, VendorKey, format_time
+from rotator.abc import ChainAuditing, VendorKey, format_time, parse_time
 from rotator.engine.model import RevokeLeaked
 from rotator.engine.runner import Engine, KeyResult
 from rotator.errors import ConfigError, RotatorError
@@ -60,6 +60,11 @@ class EmergencyReport:
     chain_first_invalid: int | None = None
     leaked_key_traces: int | None = None
     traces_by_key: dict[str, int] = field(default_factory=dict)
+    consumers_rolled: list[str] = field(default_factory=list)
+    """The consumers rolled to the new key in this emergency, in order."""
+    outage_s: float | None = None
+    """From the revoke to the last consumer rolled: the longest a consumer that reads its key
+    once held a dead key (0 when they were rolled before the revoke); ``None`` without consumers."""
     report_path: str | None = None
 
 
@@ -130,20 +135,22 @@ def run_emergency(
         since = leaked_since or promoted or leaked.created_at
         report.leaked_since = format_time(since)
 
+        revoked: float | None = None
         if reset_vendor:
             result = engine.reconcile_locked(key, force=True, emergency=True)
-            _revoked(report, engine, key, leaked, t0, at=result.reset_at)
+            revoked = _revoked(report, engine, key, leaked, t0, at=result.reset_at)
         elif serve_first:
             result = engine.reconcile_locked(key, force=True, stop_before=("revoke",), emergency=True)
             if result.outcome in ("ok", "waiting"):  # the new key is current everywhere
                 engine.act(key, RevokeLeaked(leaked.id))
-                _revoked(report, engine, key, leaked, t0)
+                revoked = _revoked(report, engine, key, leaked, t0)
                 result = engine.reconcile_locked(key, emergency=True)
         else:
             engine.act(key, RevokeLeaked(leaked.id))
-            _revoked(report, engine, key, leaked, t0)
+            revoked = _revoked(report, engine, key, leaked, t0)
             result = engine.reconcile_locked(key, emergency=True)
         _finish(report, engine, key, result)
+        _outage(report, engine, key, revoked)
         _audit_chain(report, engine, key, since)
         report.total_s = round(time.monotonic() - t0, 3)
         report.report_path = str(_write_report(engine.state_dir, report))
@@ -216,9 +223,11 @@ def _minted_by_emergency(entries: Iterable[dict[str, Any]]) -> dict[str, str]:
 
 def _revoked(
     report: EmergencyReport, engine: Engine, key: str, leaked: VendorKey, t0: float, at: float | None = None
-) -> None:
-    """Record the revoke; ``at`` is when it happened if earlier than now (a reset's answer)."""
-    report.time_to_revoke_s = round((at if at is not None else time.monotonic()) - t0, 3)
+) -> float:
+    """Record the revoke; ``at`` is when it happened if earlier than now (a reset's answer).
+    Returns that instant (``time.monotonic()``)."""
+    at = at if at is not None else time.monotonic()
+    report.time_to_revoke_s = round(at - t0, 3)
     report.revoked_at = format_time(engine.clock())
     engine.journal.append(
         "emergency-revoked",
@@ -227,6 +236,24 @@ def _revoked(
         prefix=leaked.prefix,
         time_to_revoke_s=report.time_to_revoke_s,
     )
+    return at
+
+
+def _outage(report: EmergencyReport, engine: Engine, key: str, revoked: float | None) -> None:
+    """The consumers rolled to the new key, and the outage: from the revoke to the last roll."""
+    if revoked is None or report.new_key_id is None or not engine.spec.keys[key].consumers:
+        return
+    now = datetime.now(UTC)
+    revoked_at = now - timedelta(seconds=time.monotonic() - revoked)  # the journal's clock
+    rolled = [
+        e
+        for e in engine.journal.recent(key, revoked_at - CLOCK_MARGIN)
+        if e.get("event") == "rolled" and (e.get("details") or {}).get("key_id") == report.new_key_id
+    ]
+    report.consumers_rolled = [str(e["details"].get("consumer")) for e in rolled]
+    if rolled:
+        last = max(parse_time(str(e["ts"])) for e in rolled)
+        report.outage_s = round(max(0.0, (last - revoked_at).total_seconds()), 3)
 
 
 def _finish(report: EmergencyReport, engine: Engine, key: str, result: KeyResult) -> None:

@@ -386,6 +386,9 @@ def test_emergency_on_a_reset_vendor_rolls_consumers_at_once(
     assert not adjutor.emulator.key_accepted(raw)
     assert [(n, e.phase) for n, e in doubles.log] == [(C1, "emergency"), (C2, "emergency")]
     assert doubles.log[0][1].key_id == report.new_key_id
+    # the outage: from the reset (the old key died) to the last consumer rolled
+    assert report.consumers_rolled == [C1, C2]
+    assert report.outage_s is not None and 0 < report.outage_s < 10
 
 
 def test_emergency_revoke_first_rolls_consumers(
@@ -402,6 +405,27 @@ def test_emergency_revoke_first_rolls_consumers(
     assert [n for n, _ in doubles.log] == [C1, C2, C1, C2]
     assert [e.phase for _, e in doubles.log[2:]] == ["emergency", "emergency"]
     assert doubles.log[-1][1].key_id == report.new_key_id
+    assert report.consumers_rolled == [C1, C2]
+    assert report.outage_s is not None and 0 < report.outage_s < 10
+
+
+def test_emergency_keep_serving_rolls_consumers_before_the_revoke(
+    tmp_path: Path, clock: FakeClock, vendor: EmulatorServer
+) -> None:
+    """`--keep-serving`: the consumers are rolled to the new key before the leaked one is
+    revoked, so the report's outage is 0."""
+    doubles = Doubles()
+    path = _spec(tmp_path, vendor)
+    with _engine(path, clock, doubles) as engine:
+        engine.apply(["payments"])
+        (leaked,) = (k["id"] for k in agent_keys(vendor, active=True))
+        states: list[str] = []
+        doubles.consumer(C2).on_roll = lambda event: states.append(_status(vendor, leaked))
+        report = run_emergency(engine, "payments", reason="leaked", keep_serving=True)
+    assert report.outcome == "ok", report.message
+    assert states == ["active"]  # the emergency's roll came before the revoke
+    assert _status(vendor, leaked) != "active"
+    assert report.consumers_rolled == [C1, C2] and report.outage_s == 0.0
 
 
 def test_without_consumers_or_write_only_targets_nothing_changes(
