@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -441,3 +441,26 @@ def test_without_consumers_or_write_only_targets_nothing_changes(
     assert (result.outcome, result.steps) == ("ok", ["mint", "stage", "promote", "revoke"])
     assert doubles.log == [] and doubles.targets == {} and doubles.consumers == {}
     assert not _events(tmp_path, "published", "rolled", "roll-failed")
+
+
+def test_a_key_made_by_hand_later_does_not_hide_the_rolls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal is read from the creation of the key the targets hold, not of the newest
+    key: a key a person makes hours after a rotation is held for them, and the consumers
+    already rolled are not rolled again."""
+    clock = FakeClock(datetime.now(UTC))  # the journal's own times are real ones
+    with EmulatorServer(Emulator(clock=clock)) as server:
+        monkeypatch.setenv(ADMIN_ENV, server.emulator.bootstrap_workspace_key())
+        doubles = Doubles()
+        path = _spec(tmp_path, server, timeout="24h")
+        with _engine(path, clock, doubles) as engine:
+            engine.apply(["payments"])
+            assert engine.apply(["payments"], force=True, wait=True)[0].outcome == "ok"
+            rolls = len(doubles.log)
+            clock.sleep(3 * 3600)
+            server.emulator.create_agent_key("payments", "made by hand")
+            result = engine.apply(["payments"])[0]
+    assert (result.outcome, result.steps) == ("held", []), result.message
+    assert "not minted by the rotator" in result.message
+    assert len(doubles.log) == rolls

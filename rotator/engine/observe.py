@@ -7,7 +7,7 @@ Imports model, never the runner, ``decide`` or ``act``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -70,7 +70,7 @@ def observe(ctx: ObserveContext, *, force: bool = False, emergency: bool = False
     vendor_now = issuer.vendor_now() if isinstance(issuer, VendorClock) else None
     issuer_spec = ctx.spec.issuers[spec.issuer]
     offset = None if vendor_now is None else vendor_now - now
-    record = _record(ctx, vendor, offset)
+    record = _record(ctx, vendor, offset, {k for ids in owners.values() for k in ids})
     return Observation(
         write_only=tuple(ctx.write_only),
         consumers=tuple(ctx.consumers),
@@ -107,11 +107,17 @@ class _Record:
     roll_failures: Mapping[tuple[str, str], str]
 
 
-def _record(ctx: ObserveContext, vendor: Sequence[VendorKey], offset: timedelta | None) -> _Record:
-    """What the journal shows written to and rolled for ``ctx.key`` since its newest active
-    key was created, read from the journal's end; a key with no write-only target and no
-    consumer reads nothing."""
-    newest = max((k.created_at for k in vendor if k.active), default=None)
+def _record(
+    ctx: ObserveContext, vendor: Sequence[VendorKey], offset: timedelta | None, stored: Collection[str]
+) -> _Record:
+    """What the journal shows written to and rolled for ``ctx.key`` since the newest active key
+    a target holds (``stored``: the one ``decide`` rolls out; else the newest active key) was
+    created, read from the journal's end; a key with no write-only target and no consumer
+    reads nothing."""
+    active = [k for k in vendor if k.active]
+    newest = max((k.created_at for k in active if k.id in stored), default=None) or max(
+        (k.created_at for k in active), default=None
+    )
     if (not ctx.write_only and not ctx.consumers) or newest is None:
         return _Record({}, {}, {})
     since = newest - (offset or timedelta(0)) - JOURNAL_MARGIN  # the journal's times are ours
