@@ -22,8 +22,8 @@ from rotator.spec import RotationFile, cron_trigger
 _STORED_EVENTS = frozenset({"staged", "promoted", "reset"})
 """Journal events that mean an attempt's key reached a target."""
 JOURNAL_MARGIN = timedelta(hours=1)
-"""How far before the newest key's creation (in our clock) the journal is read for its
-writes and rolls: room for a skewed clock."""
+"""How far before the creation of the key the targets hold (in our clock) the journal is read
+for its writes and rolls: room for a skewed clock."""
 
 
 @dataclass(frozen=True)
