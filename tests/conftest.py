@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.harnesses.aws",
     "tests.harnesses.vault",
     "tests.harnesses.gcp",
+    "tests.harnesses.consumer_ecs",
 ]
 
 
