@@ -31,6 +31,8 @@ pytest_plugins = [
     "tests.harnesses.vault",
     "tests.harnesses.gcp",
     "tests.harnesses.consumer_ecs",
+    "tests.harnesses.write_only_lambda_env",
+    "tests.harnesses.write_only_github",
 ]
 
 
