@@ -13,7 +13,8 @@ then :class:`StoreConflict`. Before reading, the write waits for the function to
 (``State`` not ``Pending``, ``LastUpdateStatus`` not ``InProgress``): Lambda refuses an
 update meanwhile. After the update it polls until ``LastUpdateStatus`` is ``Successful``
 (``Failed`` is a :class:`StoreError` quoting ``LastUpdateStatusReason``), then checks that
-the variable holds the value written (another writer may have changed it since). A value
+the variable holds the value written (another writer may have changed it since); a read that
+still shows the revision from before the update is taken as stale and read again. A value
 already in place is not written again.
 
 An environment encrypted with a customer managed KMS key reads back without its variables
@@ -144,7 +145,7 @@ class LambdaEnvironment:
                 break
         else:
             raise StoreConflict(self._name, f"write: the function kept changing ({ROUNDS} tries)")
-        self._confirm(value, variables.values())
+        self._confirm(value, config.get("RevisionId"), variables.values())
         log.info(
             "%s: wrote key %s (fp %s, attempt %s)", self._name, stamp.key_id, stamp.fingerprint, stamp.attempt
         )
@@ -188,11 +189,14 @@ class LambdaEnvironment:
             return False
         return True
 
-    def _confirm(self, value: Secret, values: Iterable[str]) -> None:
-        """Wait for the update to finish, then check the variable holds ``value``."""
-        config = self._poll_until(
-            "write", lambda c: c.get("LastUpdateStatus") != "InProgress", "its update to finish", values
-        )
+    def _confirm(self, value: Secret, before: str | None, values: Iterable[str]) -> None:
+        """Wait for the update to finish, then check the variable holds ``value``. A read still
+        showing the revision ``before`` the update is stale: it is read again."""
+
+        def finished(config: FunctionConfigurationResponseTypeDef) -> bool:
+            return config.get("RevisionId") != before and config.get("LastUpdateStatus") != "InProgress"
+
+        config = self._poll_until("write", finished, "its update to finish", values)
         if config.get("LastUpdateStatus") == "Failed":
             reason = _scrub(
                 f"{config.get('LastUpdateStatusReasonCode', '')}: {config.get('LastUpdateStatusReason', '')}",

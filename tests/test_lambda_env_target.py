@@ -109,6 +109,17 @@ def test_an_update_in_progress_is_waited_for(write_only_lambda_env_harness: Lamb
     assert config["Description"] == "deployed by CI"
 
 
+def test_reads_from_before_the_update_are_read_again(write_only_lambda_env_harness: LambdaEnvHarness) -> None:
+    """A read right after the update still shows the old revision: it is stale, not a conflict."""
+    h = write_only_lambda_env_harness
+    function = h.new_function()
+    h.updates.stale_reads(function, 3)
+    value = _value()
+    h.target(function).write(value, _stamp(value))
+    assert h.updates.of(function).snapshots == []  # the stale reads were served, and read past
+    assert h.variables(function)[VARIABLE] == value.reveal()
+
+
 def test_an_update_that_never_finishes_is_unavailable(
     write_only_lambda_env_harness: LambdaEnvHarness,
 ) -> None:

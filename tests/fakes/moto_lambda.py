@@ -13,13 +13,14 @@ update ``Successful`` at once. Lambda itself (API reference, "Lambda function st
 :class:`LambdaUpdates` patches moto's classes to behave so, for the time it is installed
 (in-process ``mock_aws`` and a ``ThreadedMotoServer`` alike). Per function it can fail the
 next updates (:meth:`fail_next`), keep the function ``Pending`` for a while
-(:meth:`pending_for`), hide its environment behind a KMS key (:meth:`undecryptable`), or
-let another writer change the configuration just before our next
+(:meth:`pending_for`), hide its environment behind a KMS key (:meth:`undecryptable`), serve
+reads from before an update for a while (:meth:`stale_reads`), or let another writer change the configuration just before our next
 updates land (:meth:`interfere`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -53,6 +54,9 @@ class _Function:
     fail: int = 0
     interfere: int = 0
     undecryptable: bool = False
+    stale: int = 0
+    """Reads after the next update that still show the configuration from before it."""
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
     updates: int = 0
     """Updates applied (ours and the interfering writer's)."""
 
@@ -86,6 +90,11 @@ class LambdaUpdates:
         answers its configuration with ``Environment.Error`` instead of the variables."""
         self.of(name).undecryptable = True
 
+    def stale_reads(self, name: str, times: int = 1) -> None:
+        """The next update is followed by ``times`` reads showing the configuration before it
+        (a read served by a replica that has not seen the update yet)."""
+        self.of(name).stale += times
+
     def interfere(self, name: str, times: int = 1) -> None:
         """Another writer changes variable ``INTERFERED`` just before each of our next updates."""
         self.of(name).interfere += times
@@ -97,22 +106,7 @@ class LambdaUpdates:
         original_update = LambdaBackend.update_function_configuration
 
         def get_configuration(fn: LambdaFunction, on_create: bool = False) -> dict[str, Any]:
-            config: dict[str, Any] = original_config(fn, on_create)
-            with updates._lock:
-                state = updates.of(fn.function_name)
-                config["RevisionId"] = state.revision
-                if state.undecryptable:
-                    config["Environment"] = {
-                        "Error": {"ErrorCode": "AccessDeniedException", "Message": KMS_DENIED}
-                    }
-                if time.monotonic() < state.pending_until:
-                    config["State"] = "Pending"
-                if not on_create:
-                    config["LastUpdateStatus"] = state.now_status()
-                    if config["LastUpdateStatus"] == "Failed":
-                        config["LastUpdateStatusReason"] = FAILED_REASON
-                        config["LastUpdateStatusReasonCode"] = "KMSKeyNotFound"
-            return config
+            return updates._shown(fn, original_config(fn, on_create), on_create)
 
         def update_function_configuration(
             backend: LambdaBackend, function_name: str, qualifier: str, body: dict[str, Any]
@@ -127,6 +121,9 @@ class LambdaUpdates:
                     updates._applied(state)
                     state.status = "Successful"  # theirs finished before ours arrives: a stale revision
                 updates._check(fn, state, body)
+                if state.stale:
+                    state.snapshots = [copy.deepcopy(get_configuration(fn)) for _ in range(state.stale)]
+                    state.stale = 0
                 result = original_update(backend, function_name, qualifier, body)
                 updates._applied(state)
                 if result is not None:
@@ -140,6 +137,26 @@ class LambdaUpdates:
         finally:
             LambdaFunction.get_configuration = original_config  # type: ignore[method-assign]
             LambdaBackend.update_function_configuration = original_update  # type: ignore[method-assign]
+
+    def _shown(self, fn: LambdaFunction, config: dict[str, Any], on_create: bool) -> dict[str, Any]:
+        """moto's configuration of ``fn`` as Lambda would show it now."""
+        with self._lock:
+            state = self.of(fn.function_name)
+            if state.snapshots and not on_create:
+                return state.snapshots.pop(0)
+            config["RevisionId"] = state.revision
+            if state.undecryptable:
+                config["Environment"] = {
+                    "Error": {"ErrorCode": "AccessDeniedException", "Message": KMS_DENIED}
+                }
+            if time.monotonic() < state.pending_until:
+                config["State"] = "Pending"
+            if not on_create:
+                config["LastUpdateStatus"] = state.now_status()
+                if config["LastUpdateStatus"] == "Failed":
+                    config["LastUpdateStatusReason"] = FAILED_REASON
+                    config["LastUpdateStatusReasonCode"] = "KMSKeyNotFound"
+            return config
 
     def _check(self, fn: LambdaFunction, state: _Function, body: dict[str, Any]) -> None:
         busy = state.now_status() == "InProgress" or time.monotonic() < state.pending_until
