@@ -197,6 +197,10 @@ class EcsHarness:
     def make_consumer(self) -> Consumer:
         return self.consumer(self.new_service())
 
+    def declaration(self, consumer: Consumer) -> EcsConsumer:
+        assert isinstance(consumer, _Noted), consumer
+        return consumer.inner.spec
+
     def rolls(self, consumer: Consumer) -> list[RollEvent]:
         assert isinstance(consumer, _Noted), consumer
         records = self.scheduler.forced.get(consumer.inner.spec.service, [])
