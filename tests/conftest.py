@@ -32,6 +32,9 @@ pytest_plugins = [
     "tests.harnesses.gcp",
     "tests.harnesses.consumer_command",
     "tests.harnesses.consumer_webhook",
+    "tests.harnesses.consumer_ecs",
+    "tests.harnesses.write_only_lambda_env",
+    "tests.harnesses.write_only_github",
 ]
 
 
