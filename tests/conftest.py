@@ -30,6 +30,8 @@ pytest_plugins = [
     "tests.harnesses.aws",
     "tests.harnesses.vault",
     "tests.harnesses.gcp",
+    "tests.harnesses.kubernetes",
+    "tests.harnesses.consumer_kubernetes",
 ]
 
 
