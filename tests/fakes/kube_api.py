@@ -37,6 +37,7 @@ import itertools
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -135,6 +136,8 @@ class Request:
     content_type: str
     user: str | None
     code: int = 0
+    at: float = field(default_factory=time.monotonic)
+    """When it arrived (``time.monotonic``)."""
 
 
 @dataclass
