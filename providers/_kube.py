@@ -83,11 +83,14 @@ def _build(path: str | None, context: str | None) -> k8s.ApiClient:
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException as exc:
-            if not _default_kubeconfig_exists():
+            if not _any_file(_default_files()):
                 raise KubeConfigError(f"in-cluster configuration: {exc}") from None
         else:
             return _checked(k8s.ApiClient(configuration))
-    files = path or os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
+    files = path or _default_files()
+    if not _any_file(files):
+        named = "" if path else " (no kubeconfig named, $KUBECONFIG unset or missing, not in a pod)"
+        raise KubeConfigError(f"kubeconfig {files}: no such file{named}")
     try:
         built = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=files, context=context, persist_config=False
@@ -106,11 +109,13 @@ def _config_problem(exc: BaseException) -> str:
     return f"unreadable ({type(exc).__name__})"
 
 
-def _default_kubeconfig_exists() -> bool:
-    named = os.environ.get("KUBECONFIG")
-    if named:
-        return any(Path(p).expanduser().is_file() for p in named.split(os.pathsep) if p)
-    return Path("~/.kube/config").expanduser().is_file()
+def _default_files() -> str:
+    """``$KUBECONFIG`` (one path or several, as kubectl reads it), else ``~/.kube/config``."""
+    return os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser())
+
+
+def _any_file(files: str) -> bool:
+    return any(Path(p).expanduser().is_file() for p in files.split(os.pathsep) if p)
 
 
 def _checked(built: k8s.ApiClient) -> k8s.ApiClient:

@@ -142,7 +142,7 @@ class Request:
 
 @dataclass
 class _Faults:
-    codes: list[int] = field(default_factory=list)
+    answers: list[ApiError] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -245,10 +245,14 @@ class FakeKubeApi:
         path.write_text(yaml.safe_dump(doc))
         return path
 
-    def inject(self, code: int, times: int = 1) -> None:
-        """Answer the next ``times`` requests with ``code`` (e.g. 503)."""
+    def inject(
+        self, code: int, times: int = 1, *, reason: str | None = None, message: str = "injected fault"
+    ) -> None:
+        """Answer the next ``times`` requests with ``code`` (e.g. 503) and a Status carrying
+        ``reason`` and ``message``."""
+        reason = reason or {503: "ServiceUnavailable", 422: "Invalid"}.get(code, "InternalError")
         with self.lock:
-            self._faults.codes.extend([code] * times)
+            self._faults.answers.extend(ApiError(code, reason, message) for _ in range(times))
 
     # ------------------------------------------------------------------ objects, as an operator would
 
@@ -319,19 +323,8 @@ class FakeKubeApi:
 
     def _injected_fault(self) -> None:
         with self.lock:
-            if self._faults.codes:
-                code = self._faults.codes.pop(0)
-                raise ApiError(
-                    code, "ServiceUnavailable" if code == 503 else "InternalError", "injected fault"
-                )
-
-    def _injected_fault(self) -> None:
-        with self.lock:
-            if self._faults.codes:
-                code = self._faults.codes.pop(0)
-                raise ApiError(
-                    code, "ServiceUnavailable" if code == 503 else "InternalError", "injected fault"
-                )
+            if self._faults.answers:
+                raise self._faults.answers.pop(0)
 
     def _authenticate(self, header: str) -> tuple[str, list[Rule] | None]:
         token = header[7:] if header.startswith("Bearer ") else None
