@@ -512,7 +512,7 @@ class FakeKubeApi:
             raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
         with self.lock:
             old = self._existing(call)
-            merged = merge_patch(old, patch)
+            merged = merge_patch(copy.deepcopy(old), patch)
             wanted = (patch.get("metadata") or {}).get("resourceVersion")
             if wanted and wanted != old["metadata"]["resourceVersion"]:
                 raise self._conflict(call)
