@@ -31,6 +31,8 @@ pytest_plugins = [
     "tests.harnesses.vault",
     "tests.harnesses.gcp",
     "tests.harnesses.kubernetes",
+    "tests.harnesses.consumer_command",
+    "tests.harnesses.consumer_webhook",
     "tests.harnesses.consumer_kubernetes",
 ]
 

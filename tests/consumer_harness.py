@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from rotator.abc import Consumer, RollEvent, WriteOnlyTarget
+from rotator.spec.models import ConsumerModel
 
 
 class ConsumerHarness(Protocol):
@@ -22,6 +23,11 @@ class ConsumerHarness(Protocol):
         """A consumer of a fresh workload (a unique name) that rolls successfully: the
         harness plays whatever the real system would do meanwhile (the rollout completing,
         External Secrets refreshing, the receiver answering 2xx)."""
+        ...
+
+    def declaration(self, consumer: Consumer) -> ConsumerModel:
+        """The rotation file's declaration ``consumer`` was made from (its factory built it):
+        the suite checks the name is its ``label()`` and that a fresh parse gives the same one."""
         ...
 
     def rolls(self, consumer: Consumer) -> list[RollEvent]:

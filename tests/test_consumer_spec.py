@@ -78,3 +78,14 @@ def test_consumer_mistakes_are_named_with_their_line(edit, expected) -> None:
     with pytest.raises(ConfigError) as err:
         parse_rotation_file(edit(BASE))
     assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_long_commands_alike_at_the_start_keep_distinct_labels() -> None:
+    long = "x" * 90
+    text = BASE.replace(
+        "      - {type: command, argv: [systemctl, restart, pay]}",
+        f"      - {{type: command, argv: [run, {long}, a]}}\n      - {{type: command, argv: [run, {long}, b]}}",
+    )
+    labels = [c.label() for c in parse_rotation_file(text).keys["k"].consumers[:2]]
+    assert labels[0] != labels[1]
+    assert all(len(label) <= 90 and label.startswith("command:run xxx") for label in labels)

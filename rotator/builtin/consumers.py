@@ -4,6 +4,7 @@ webhook, a Kubernetes workload and an ECS service. Each factory imports its impl
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -33,7 +34,11 @@ class CommandConsumer(ConsumerModel):
 
     def label(self) -> str:
         shown = " ".join(self.argv)
-        return f"command:{shown if len(shown) <= 80 else shown[:79] + '…'}"
+        if len(shown) <= 80:
+            return f"command:{shown}"
+        # cut for the eye, but two long commands alike in their first 70 characters stay apart
+        digest = hashlib.sha256("\0".join(self.argv).encode()).hexdigest()[:8]
+        return f"command:{shown[:70]}…#{digest}"
 
     def make_consumer(self, *, key: str, base_dir: Path) -> Consumer:
         from providers.consumers.command import make_consumer
