@@ -62,6 +62,10 @@ class KubernetesConsumerHarness:
         self.api.controllers.syncs[(NAMESPACE, es)] = Sync(source=lambda: {"API_KEY": "synced"}, delay=0.05)
         return self.consumer(name, external_secret=es)
 
+    def declaration(self, consumer: Consumer) -> KubernetesConsumer:
+        assert isinstance(consumer, KubernetesRoller)
+        return consumer.spec
+
     def rolls(self, consumer: Consumer) -> list[RollEvent]:
         assert isinstance(consumer, KubernetesRoller)
         key = (consumer.spec.kind, consumer.spec.namespace, consumer.spec.name)
