@@ -11,8 +11,9 @@ The staged value itself lives in a sibling Secret, ``<secret>-rotator-pending``,
 same field. Not in the main Secret: a pod that loads the whole Secret (``envFrom``, or a
 volume without ``items``) would get an extra variable or file holding a key nobody promoted,
 and tools that restart pods when a Secret's data changes would restart them for a value
-they must not use yet. The sibling's annotations say whose it is; a Secret of that name the
-rotator did not make is never overwritten.
+they must not use yet. The sibling's annotations say whose it is; a Secret of that name
+holding data the rotator did not put there is never overwritten (an empty one, created by hand
+so that RBAC need not grant ``create``, is taken).
 
 Revision: the main Secret's ``metadata.resourceVersion``. Every write of the main Secret is a
 JSON merge patch carrying the resourceVersion it was based on, so the API server answers 409
@@ -234,9 +235,9 @@ class KubernetesStore:
             self._create(self._fresh(self.sibling, data, annotations), "stage")
             return
         theirs = (existing.get("metadata") or {}).get("annotations") or {}
-        if theirs.get(PENDING_FOR) != self.target.secret:
+        if theirs.get(PENDING_FOR) != self.target.secret and existing.get("data"):
             raise StoreError(
-                self.name, f"stage: Secret {self.sibling} exists and was not made by the rotator; rename it"
+                self.name, f"stage: Secret {self.sibling} holds data the rotator did not put there; rename it"
             )
         stale: dict[str, str | None] = dict.fromkeys(existing.get("data") or {})
         self._patch(

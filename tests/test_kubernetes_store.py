@@ -100,9 +100,26 @@ def test_a_sibling_the_rotator_did_not_make_is_left_alone(harness: KubernetesHar
     }
     harness.api.put({**theirs, "data": {"value": base64.b64encode(b"theirs").decode()}})
     value = _value("ours")
-    with pytest.raises(StoreError, match="was not made by the rotator"):
+    with pytest.raises(StoreError, match="holds data the rotator did not put there"):
         store.stage(value, _stamp(value), expected=None)
     assert _decoded(_secret(harness.api, store.sibling)) == {"value": "theirs"}
+
+
+def test_secrets_created_empty_by_hand_are_used(harness: KubernetesHarness) -> None:
+    """Both Secrets made beforehand (`kubectl create secret generic NAME`), so RBAC need not
+    grant create: the rotator stages and promotes into them."""
+    store = harness.make_store()
+    for name in (store.target.secret, store.sibling):
+        harness.api.put(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NAMESPACE}}
+        )
+    value = _value("v")
+    stamp = _stamp(value)
+    mark = len(harness.api.requests)
+    store.stage(value, stamp, expected=store.read().revision)
+    store.promote(stamp.attempt, datetime.now(UTC))
+    assert _decoded(_secret(harness.api, store.target.secret)) == {"value": value.reveal()}
+    assert {r.method for r in harness.api.requests[mark:]} == {"GET", "PATCH"}
 
 
 def test_an_immutable_secret_is_refused_at_stage(harness: KubernetesHarness) -> None:
