@@ -30,8 +30,13 @@ pytest_plugins = [
     "tests.harnesses.aws",
     "tests.harnesses.vault",
     "tests.harnesses.gcp",
+    "tests.harnesses.kubernetes",
     "tests.harnesses.consumer_command",
     "tests.harnesses.consumer_webhook",
+    "tests.harnesses.consumer_ecs",
+    "tests.harnesses.write_only_lambda_env",
+    "tests.harnesses.write_only_github",
+    "tests.harnesses.consumer_kubernetes",
 ]
 
 

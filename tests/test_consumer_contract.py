@@ -25,7 +25,7 @@ from tests.consumer_harness import ConsumerHarness
 CANARY = f"cny{uuid.uuid4().hex[:12]}"  # random, so no source line in a traceback holds it
 
 
-@pytest.fixture(params=["command", "webhook"])
+@pytest.fixture(params=["command", "webhook", "kubernetes", "ecs"])
 def harness(request: pytest.FixtureRequest) -> ConsumerHarness:
     """The consumer type under test, from its ``consumer_<type>_harness`` fixture."""
     found: ConsumerHarness = request.getfixturevalue(f"consumer_{request.param}_harness")

@@ -42,7 +42,9 @@ from tests.store_harness import StoreHarness
 CANARY = f"cny{uuid.uuid4().hex[:12]}"  # random, so no source line in a traceback holds it
 
 
-@pytest.fixture(params=["memory", "file", "aws", pytest.param("vault", marks=pytest.mark.openbao), "gcp"])
+@pytest.fixture(
+    params=["memory", "file", "aws", pytest.param("vault", marks=pytest.mark.openbao), "gcp", "kubernetes"]
+)
 def harness(request: pytest.FixtureRequest) -> StoreHarness:
     """The backend under test, from its ``<backend>_harness`` fixture."""
     found: StoreHarness = request.getfixturevalue(f"{request.param}_harness")

@@ -247,3 +247,10 @@ def test_the_delivery_id_is_one_per_roll() -> None:
     assert str(uuid.UUID(delivery_id("webhook:a/h", EVENT))) == delivery_id("webhook:a/h", EVENT)
     assert delivery_id("webhook:a/h", EVENT) != delivery_id("webhook:a/h", other_attempt)
     assert delivery_id("webhook:a/h", EVENT) != delivery_id("webhook:b/h", EVENT)
+
+
+def test_readme_quotes_the_verification_example_whole() -> None:
+    """The example a receiver pastes is the one the tests verify deliveries with."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    source = Path(verify_module.__file__).read_text(encoding="utf-8")
+    assert f"```python\n{source}```" in readme
