@@ -41,7 +41,7 @@ engine journals it: the one instant a consumer is rolled twice for one attempt."
 def write_only_name(target: TargetModel) -> str:
     """The name the real write-only target of this declaration carries."""
     if isinstance(target, GithubTarget):
-        env = f"/{target.environment}" if target.environment else ""
+        env = f"@{target.environment}" if target.environment else ""
         return f"github:{target.repository}{env}#{target.secret_name}"
     if isinstance(target, LambdaEnvTarget):
         return f"lambda_env:{target.function}#{target.variable}"

@@ -2,10 +2,12 @@
 reads its key once at start (``rotator.sandbox.readonce``) and calls the sandbox vendor every
 0.2 s. Without ``consumers:`` its rotation holds at its timeout with the old key alive; with a
 ``command`` consumer, or a ``webhook`` consumer whose receiver restarts it, the same rotation
-completes with no failed call. The real command line, in this process."""
+completes with no failed call. Last, the kubernetes consumer and the github target as a
+rotation file declares them, over their fake APIs. The real command line, in this process."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from providers.consumers.kubernetes import ROLL
 from rotator.abc import parse_time
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.sandbox.readonce import Totals, is_running, read_stats
@@ -31,6 +34,11 @@ from tests.e2e_helpers import (
     rotation_yaml,
     write_rotation_file,
 )
+from tests.fakes.kube_controllers import Rollout, Sync, external_secret
+from tests.harnesses.consumer_kubernetes import NAMESPACE as KUBE_NS
+from tests.harnesses.consumer_kubernetes import KubernetesConsumerHarness
+from tests.harnesses.write_only_github import TOKEN_ENV as GITHUB_TOKEN_ENV
+from tests.harnesses.write_only_github import GithubHarness
 
 MODULE = "rotator.sandbox.readonce"
 HOOK_ENV = "LOOP_HOOK_SECRET"
@@ -224,3 +232,56 @@ def test_the_drain_starts_after_the_roll(
     last_used = parse_time(str(old_key["last_used_at"]))
     assert last_used >= parse_time(promoted["details"]["promoted_at"]) + timedelta(seconds=2)
     assert last_used <= rolled_at + timedelta(seconds=VENDOR_CLOCK_SLACK_S)
+
+
+def test_kubernetes_consumer_and_github_target_through_the_command_line(
+    cli: Callable[..., Outcome],
+    emulator: EmulatorServer,
+    admin: str,
+    tmp_path: Path,
+    consumer_kubernetes_harness: KubernetesConsumerHarness,
+    write_only_github_harness: GithubHarness,
+) -> None:
+    """The plugins as a rotation file declares them, over their fake APIs on loopback: each
+    rotation writes the GitHub secret (opened by the fake's private key: the new key) and then
+    force-syncs the ExternalSecret and restarts the Deployment, once per attempt."""
+    kube, github = consumer_kubernetes_harness, write_only_github_harness
+    name = kube.deployment(Rollout(replicas=2, step=0.05, settle=0.03))
+    es = f"{name}-key"
+    kube.api.put(external_secret(KUBE_NS, es, target=f"{name}-env", key="API_KEY", remote="prod/payments"))
+    kube.api.controllers.syncs[(KUBE_NS, es)] = Sync(source=lambda: {"API_KEY": "synced"}, delay=0.05)
+    repo = github.new_repo()
+    text = rotation_yaml(
+        defaults={"verify": "{drain: 1s, propagation: 1s, timeout: 60s}"},
+        issuers={"emu": adjudon_issuer(emulator.url)},
+        keys={
+            "payments": {
+                "issuer": "emu",
+                "kind": "agent",
+                "agent_id": "payments",
+                "targets": [
+                    "{type: file, path: secrets/service.env, format: dotenv, field: ADJUDON_API_KEY}",
+                    f'{{type: github, repository: {repo}, secret_name: ADJUDON_API_KEY, api_url: "{github.api.url}", '
+                    f"token: {{env: {GITHUB_TOKEN_ENV}}}}}",
+                ],
+                "consumers": [
+                    f"{{type: kubernetes, namespace: {KUBE_NS}, name: {name}, external_secret: {es}, "
+                    f'kubeconfig: "{kube.kubeconfig}", timeout: 60s}}'
+                ],
+            }
+        },
+    )
+    path = write_rotation_file(tmp_path, text)
+    first = cli("-f", str(path), "apply")
+    assert first.code == 0, first.out + first.err
+    rotated = cli("-f", str(path), "rotate", "payments", "--wait")
+    assert rotated.code == 0, rotated.out + rotated.err
+    new = read_dotenv_key(tmp_path / "secrets/service.env")
+    assert new is not None and github.api.secret(repo, "ADJUDON_API_KEY", None) == new
+    minted = [e["attempt"] for e in journal(tmp_path) if e["event"] == "minted"]
+    restarts = kube.api.restart_annotations[("Deployment", KUBE_NS, name)]
+    assert [json.loads(a[ROLL])["attempt"] for a in restarts] == minted
+    assert [e["details"]["consumer"] for e in journal(tmp_path) if e["event"] == "rolled"] == [
+        f"kubernetes:{KUBE_NS}/Deployment/{name}"
+    ] * 2
+    assert len(agent_keys(emulator, active=True)) == 1

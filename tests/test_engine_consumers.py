@@ -32,6 +32,10 @@ from tests.e2e_helpers import (
     rotation_yaml,
     write_rotation_file,
 )
+from tests.harnesses.consumer_ecs import CLUSTER as ECS_CLUSTER
+from tests.harnesses.consumer_ecs import EcsHarness
+from tests.harnesses.write_only_lambda_env import OTHERS as LAMBDA_OTHERS
+from tests.harnesses.write_only_lambda_env import LambdaEnvHarness
 
 FAST = Settings(retry_initial=0.01, probe_timeout=5, roll_retry=30)
 CONSUMERS = ("{type: command, argv: [restart, api]}", "{type: command, argv: [restart, worker]}")
@@ -464,3 +468,57 @@ def test_a_key_made_by_hand_later_does_not_hide_the_rolls(
     assert (result.outcome, result.steps) == ("held", []), result.message
     assert "not minted by the rotator" in result.message
     assert len(doubles.log) == rolls
+
+
+def test_rotation_through_a_lambda_environment_and_an_ecs_service_on_moto(
+    tmp_path: Path,
+    clock: FakeClock,
+    vendor: EmulatorServer,
+    consumer_ecs_harness: EcsHarness,
+    write_only_lambda_env_harness: LambdaEnvHarness,
+) -> None:
+    """The real lambda_env target and ecs consumer (boto3 against moto, the deployment moved to
+    COMPLETED as the service would): the function's variable gets each new key, its other
+    variables are kept, and the service is redeployed once per attempt."""
+    ecs, fn = consumer_ecs_harness, write_only_lambda_env_harness
+    service, function = ecs.new_service(), fn.new_function()
+    text = rotation_yaml(
+        defaults={"verify": "{drain: 15m, propagation: 2m, timeout: 2h}"},
+        issuers={"emu": {"type": "adjudon", "base_url": vendor.url, "credential": f"{{env: {ADMIN_ENV}}}"}},
+        keys={
+            "payments": {
+                "issuer": "emu",
+                "kind": "agent",
+                "agent_id": "payments",
+                "targets": [
+                    TARGETS[0],
+                    f"{{type: lambda_env, function: {function}, variable: ADJUDON_API_KEY, region: us-east-1}}",
+                ],
+                "consumers": [
+                    f"{{type: ecs, cluster: {ECS_CLUSTER}, service: {service}, region: us-east-1}}"
+                ],
+            }
+        },
+    )
+    path = write_rotation_file(tmp_path, text)
+    engine = Engine(
+        load_rotation_file(path),
+        base_dir=tmp_path,
+        settings=FAST,
+        clock=clock,
+        sleep=clock.sleep,
+        write_only_factory=lambda target, *, base_dir: fn.target(target.function),
+        consumer_factory=lambda model, *, key, base_dir: ecs.consumer(model.service),
+    )
+    with engine:
+        first = engine.apply(["payments"])[0]
+        assert first.steps == ["mint", "promote", "publish", "roll"], first.message
+        rotated = engine.apply(["payments"], force=True, wait=True)[0]
+    assert (rotated.outcome, rotated.steps) == ("ok", ["mint", "promote", "publish", "roll", "revoke"])
+    new = read_dotenv_key(tmp_path / "secrets/a.env")
+    variables = fn.variables(function)
+    assert variables.pop("ADJUDON_API_KEY") == new
+    assert variables == LAMBDA_OTHERS
+    minted = [e["attempt"] for e in _events(tmp_path, "minted")]
+    assert [ev.attempt for ev in ecs.rolls(ecs.consumer(service))] == minted
+    assert len(agent_keys(vendor, active=True)) == 1
