@@ -135,7 +135,10 @@ def cli(ctx: click.Context, file: Path | None, debug: bool, log_format: str | No
 def validate(obj: Context) -> None:
     """Check the rotation file. Exit 0 when valid, 2 when not (every problem is listed)."""
     spec = obj.load()
-    click.echo(f"{obj.file}: ok ({len(spec.keys)} keys, {len(spec.issuers)} issuers)")
+    consumers = sum(len(k.consumers) for k in spec.keys.values())
+    write_only = sum(len(k.write_only_targets()) for k in spec.keys.values())
+    rolls = f", {consumers} consumers, {write_only} write-only targets" if consumers or write_only else ""
+    click.echo(f"{obj.file}: ok ({len(spec.keys)} keys, {len(spec.issuers)} issuers{rolls})")
 
 
 @cli.command()
@@ -151,10 +154,12 @@ def validate(obj: Context) -> None:
 def plan(
     obj: Context, keys: tuple[str, ...], detailed_exitcode: bool, output: str, shard: Shard | None
 ) -> None:
-    """What each key needs now and why. Never writes anything."""
+    """What each key needs now and why, and the consumers its next steps roll. Never writes
+    anything (no consumer is rolled, no target written)."""
     engine = obj.engine()
     names = _keys(engine.spec, keys)
-    decisions = engine.plan(shard.select(names) if shard is not None else names)
+    planned = _plan(engine, shard.select(names) if shard is not None else names)
+    decisions = [(k, d) for k, d, _ in planned]
     if output == "json":
         _emit(
             [
@@ -164,17 +169,39 @@ def plan(
                     "phase": d.phase,
                     "reason": d.reason,
                     "until": _rfc3339(d.until),
+                    "will_roll": rolls,
                 }
-                for k, d in decisions
+                for k, d, rolls in planned
             ]
         )
     else:
-        for key, d in decisions:
+        for key, d, rolls in planned:
             click.echo(f"{key}: {d.phase} -> {d.action}: {d.reason}")
+            for name in rolls:
+                click.echo(f"  will roll  {name}")
     pending = any(d.action not in ("done", "wait") for _, d in decisions)
     if any(d.action == "fail" for _, d in decisions):
         sys.exit(EXIT_FAILED)
     sys.exit(2 if detailed_exitcode and pending else EXIT_OK)
+
+
+def _plan(engine: Any, names: Sequence[str]) -> list[tuple[str, Any, list[str]]]:
+    """Each key's next step, as ``Engine.plan`` decides it, and the consumers the steps from
+    there roll (``rotator.engine.status.will_roll``)."""
+    from rotator.engine.decide import decide
+    from rotator.engine.model import Fail
+    from rotator.engine.status import will_roll
+
+    out: list[tuple[str, Any, list[str]]] = []
+    for key in names:
+        try:
+            obs = engine.observe(key)
+            d = decide(obs)
+        except RotatorError as exc:
+            out.append((key, Fail(str(exc)), []))
+            continue
+        out.append((key, d, will_roll(obs, d)))
+    return out
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> timedelta | None:
@@ -417,9 +444,11 @@ def reactivate(obj: Context, key: str, key_id: str) -> None:
 @_output
 @click.pass_obj
 def status(obj: Context, key: str | None, detailed_exitcode: bool, output: str) -> None:
-    """Phase, ages, key prefixes and fingerprints, and whether targets are in sync."""
+    """Phase, ages, key prefixes and fingerprints, whether targets are in sync, what was
+    written to each write-only target and where each consumer stands (rolled, pending,
+    failed) for the key's attempt."""
     from rotator.engine.decide import decide
-    from rotator.engine.status import describe, key_format_check
+    from rotator.engine.status import describe, key_format_check, recent_entries
 
     engine = obj.engine()
     rows = []
@@ -433,10 +462,21 @@ def status(obj: Context, key: str | None, detailed_exitcode: bool, output: str) 
                     decide(obs),
                     is_key=key_format_check(issuer.matches, obs.capabilities.prefix_len),
                     last_reset=engine.journal.last(name, "reset"),
+                    journal=recent_entries(engine.journal, obs),
                 )
             )
         except RotatorError as exc:
-            rows.append({"key": name, "phase": "failed", "next": "fail", "reason": str(exc), "targets": []})
+            rows.append(
+                {
+                    "key": name,
+                    "phase": "failed",
+                    "next": "fail",
+                    "reason": str(exc),
+                    "targets": [],
+                    "write_only": [],
+                    "consumers": [],
+                }
+            )
     if output == "json":
         _emit(rows)
     else:
@@ -472,6 +512,10 @@ def _show_status(row: dict[str, Any]) -> None:
         now += " BROKEN (the vendor rejects it)" if cur and cur.get("broken") else ""
         extra = f", pending {shown(pen['prefix'], pen['truncated'])}fp {pen['fingerprint']}" if pen else ""
         click.echo(f"  target  {t['name']}: {now}{extra}")
+    for w in row.get("write_only", []):
+        click.echo(f"  target  {w['name']} (write-only): {_written(w)}")
+    for c in row.get("consumers", []):
+        click.echo(f"  consumer  {c['name']}: {_rolled(c)}")
     if row.get("lagging"):
         click.echo(f"  lagging: {', '.join(row['lagging'])}")
     cutover = row.get("last_cutover")
@@ -480,6 +524,26 @@ def _show_status(row: dict[str, Any]) -> None:
             f"  cutover window {cutover['window_s']:.3f}s at the last reset ({cutover['reset_at']}): "
             "consumers could hold a dead key this long"
         )
+
+
+def _written(w: dict[str, Any]) -> str:
+    """A write-only target's line: what the journal shows written there, and when."""
+    p = w["published"]
+    if p is None:
+        return "nothing written on record"
+    at = f" at {p['at']}" if p["at"] else ""
+    return f"fp {p['fingerprint']} written{at}" + ("" if w["current"] else ", not the current key")
+
+
+def _rolled(c: dict[str, Any]) -> str:
+    """A consumer's line: its state for the key's attempt."""
+    if c["state"] == "rolled":
+        return f"rolled at {c['rolled_at']}"
+    if c["state"] == "failed":
+        return f"FAILED {c['error']}"
+    if c["state"] == "unrecorded":
+        return "no roll on record (past verify.timeout: not rolled on a guess)"
+    return str(c["state"])
 
 
 @cli.command()

@@ -442,7 +442,8 @@ def test_json_output_shape(tmp_path: Path, emulator: EmulatorServer, admin: str,
     path = write_spec(tmp_path, emulator, targets=1)
     planned = json.loads(cli("-f", str(path), "plan", "--output", "json").out)
     assert [(p["key"], p["action"]) for p in planned] == [("payments", "mint")]
-    assert set(planned[0]) == {"key", "action", "phase", "reason", "until"}
+    assert set(planned[0]) == {"key", "action", "phase", "reason", "until", "will_roll"}
+    assert planned[0]["will_roll"] == []  # no consumers
     applied = json.loads(cli("-f", str(path), "apply", "--output", "json").out)
     assert set(applied[0]) == {"key", "outcome", "phase", "message", "steps", "until", "window_s"}
     assert applied[0]["steps"][0] == "mint" and applied[0]["window_s"] is None
@@ -458,6 +459,7 @@ def test_json_output_shape(tmp_path: Path, emulator: EmulatorServer, admin: str,
     assert all(len(k["prefix"]) == 13 and RFC3339_Z.match(k["created_at"]) for k in vendor)
     assert status["targets"][0]["current"]["prefix"] == vendor[0]["prefix"]
     assert status["last_cutover"] is None
+    assert status["write_only"] == [] and status["consumers"] == []
     text = cli("-f", str(path), "status").out
     assert f"{vendor[0]['prefix']}… active" in text  # people still see the ellipsis
     _no_secret(json.dumps([planned, applied, waiting, status]), text)
