@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 from rotator.engine.runner import Engine
 from rotator.sandbox.demo import Consumer
 from rotator.sandbox.emulator import EmulatorServer
+from rotator.sandbox.readonce import read_stats
 from rotator.spec import Settings, load_rotation_file
 from tests.conftest import run_cli
 from tests.e2e_helpers import (
@@ -137,12 +139,22 @@ def test_validate_and_plan_exit_codes(tmp_path: Path, emulator: EmulatorServer, 
 
 
 def test_sandbox_command(tmp_path: Path) -> None:
-    """`rotator sandbox` runs a full rotation and reports 0 consumer auth failures."""
+    """`rotator sandbox` runs the loop: a service that reads its key once is started by its
+    consumer, restarted on the new key by the rotation's roll, and no call of any of its
+    generations is refused; the demo leaves no process running."""
     proc = run_cli("sandbox", "--drain", "1s", "--keep", str(tmp_path / "demo"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "consumer auth failures  0" in proc.stdout
     assert "(revoked)" in proc.stdout
-    for phase in ("due", "promoted", "draining", "revoking"):
-        assert f"  {phase} " in proc.stdout
+    for step in ("mint", "promote", "roll", "drain", "revoke", "at rest"):
+        assert re.search(rf"^ +\d+\.\d\ds  {step} ", proc.stdout, re.M), step
     new_key = read_dotenv_key(tmp_path / "demo/secrets/demo.env")
     assert new_key is not None and new_key not in proc.stdout + proc.stderr
+    totals = read_stats(tmp_path / "demo/service-stats")
+    assert [g.prefix for g in totals.generations][-1] == new_key[:13]
+    assert len(totals.generations) == 2 and totals.running == []
+    assert totals.auth_failures == 0 and totals.other_failures == 0 and totals.accepted >= 6
+    assert f"service generations 2 ({totals.generations[0].prefix}…, {new_key[:13]}…)" in proc.stdout
+    assert f"consumer requests   {totals.requests}, over every generation" in proc.stdout
+    [rolled] = [e for e in journal(tmp_path / "demo") if e["event"] == "rolled"][1:]
+    assert f"roll (restart)      {rolled['details']['seconds']:6.2f}s" in proc.stdout
