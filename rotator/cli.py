@@ -690,8 +690,9 @@ def audit_verify(obj: Context) -> None:
     help="Run in this directory and keep it (default: a temporary one).",
 )
 def sandbox(drain: str, keep: Path | None) -> None:
-    """The embedded demo: an emulated vendor, a file store, a live consumer and one full
-    overlap rotation (mint, stage, promote, drain, revoke), with a summary at the end."""
+    """The embedded demo: an emulated vendor, a file store, a service that reads its key once
+    at start, a command consumer that restarts it, and one full overlap rotation (mint, stage,
+    promote, roll, drain, revoke), with a summary at the end."""
     from rotator.sandbox.demo import run_demo
 
     sys.exit(run_demo(drain=drain, directory=keep))

@@ -255,3 +255,12 @@ def test_a_roll_the_journal_lost_is_unrecorded_not_pending(
 def test_help_names_the_consumers(cli: Cli, command: str) -> None:
     done = cli(command, "--help")
     assert done.code == 0 and "consumer" in done.out
+
+
+def test_validate_counts_consumers_and_write_only_targets(
+    cli: Cli, emulator: EmulatorServer, tmp_path: Path, write_only_github_harness: GithubHarness
+) -> None:
+    path = _file(tmp_path, emulator, write_only_github_harness)
+    done = cli("-f", str(path), "validate")
+    assert done.code == 0, done.err
+    assert done.out == f"{path}: ok (2 keys, 1 issuers, 2 consumers, 1 write-only targets)\n"
