@@ -539,8 +539,8 @@ def _rolled(c: dict[str, Any]) -> str:
     """A consumer's line: its state for the key's attempt."""
     if c["state"] == "rolled":
         return f"rolled at {c['rolled_at']}"
-    if c["state"] == "failed":
-        return f"FAILED {c['error']}"
+    if c["state"] == "failed":  # the journalled error starts with the consumer's name
+        return f"FAILED {str(c['error']).removeprefix(c['name'] + ': ')}"
     if c["state"] == "unrecorded":
         return "no roll on record (past verify.timeout: not rolled on a guess)"
     return str(c["state"])
