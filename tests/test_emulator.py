@@ -423,6 +423,46 @@ def test_429_before_auth_with_retry_after(emu: Emulator, http: httpx.Client) -> 
     assert adjutor.json()["status"] == "error"
 
 
+def test_rate_limit_is_a_token_bucket(emu: Emulator) -> None:
+    """rate_limit serves that many requests per second (a second's worth at once), then
+    answers 429 with the wait until the next token; refused requests cost nothing."""
+    emu.faults.rate_limit = 5.0
+    now = [100.0]
+    assert emu.faults.take_token(now[0]) is None  # the bucket starts full
+    assert all(emu.faults.take_token(now[0]) is None for _ in range(4))
+    wait = emu.faults.take_token(now[0])
+    assert wait == pytest.approx(0.2)  # one token in 1/5 s
+    assert emu.faults.take_token(now[0]) == pytest.approx(0.2)  # refused: nothing spent
+    now[0] += 0.1
+    assert emu.faults.take_token(now[0]) == pytest.approx(0.1)
+    now[0] += 0.1
+    assert emu.faults.take_token(now[0]) is None
+    now[0] += 60  # refills to one second's worth, not more
+    assert [emu.faults.take_token(now[0]) is None for _ in range(6)] == [True] * 5 + [False]
+    assert emu.faults.limited == 4
+
+
+def test_rate_limit_over_http(emu: Emulator, http: httpx.Client) -> None:
+    """Past the limit the vendor answers 429 with Retry-After and the limit per minute, before
+    authentication; after Retry-After it serves again."""
+    admin = bearer(emu.bootstrap_workspace_key())
+    emu.faults.rate_limit = 2.0
+    statuses = [http.get("/health", headers=admin).status_code for _ in range(4)]
+    assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+    limited = http.get("/api/v1/api-keys")  # no key at all: the limit comes first
+    assert limited.status_code == 429
+    wait = float(limited.headers["Retry-After"])
+    data = limited.json()["error"]["data"]
+    assert (
+        0 < wait <= 0.5
+        and data["limit"] == 120
+        and data["retry_after_seconds"] == pytest.approx(wait, abs=1e-3)
+    )
+    time.sleep(wait + 0.05)
+    assert http.get("/health", headers=admin).status_code == 200
+    assert emu.faults.limited == statuses.count(429) + 1
+
+
 def test_503_bodies(emu: Emulator, http: httpx.Client) -> None:
     """The error rate answers 503 in each vendor's own error body."""
     emu.faults.error_rate = 1.0

@@ -6,7 +6,8 @@ loopback. Adjudon paths (``/health``, ``/api/v1/...``) and Adjútor paths
 (``/v2/...``) do not overlap, so one server speaks for both.
 
 Fault knobs (:class:`Faults`) are read on every request and apply before
-authentication, as a per-IP limiter or a failing gateway would. Delays are
+authentication, as a per-IP limiter or a failing gateway would. ``Faults.rate_limit``
+is such a limiter: a token bucket of that many requests per second. Delays are
 served after the request took effect and before its answer is written, so a
 client that times out has still changed the vendor's state, as with a real one.
 """
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["Emulator", "EmulatorServer", "Faults", "Response"]
 
 RATE_LIMIT = 600
-"""The ``limit`` a 429 reports (requests per minute)."""
+"""The ``limit`` a random 429 (``rate_429``) reports (requests per minute)."""
 
 
 @dataclass
@@ -55,6 +56,10 @@ class Faults:
     instead of serving them; a 0 in it drops the connection unanswered.
     ``path_delays`` maps a regex searched in ``"METHOD /path"`` to extra seconds.
     ``retry_after`` may be fractional, so tests back off quickly.
+    ``rate_limit`` (requests per second, 0: none) is a real limit: a token bucket holding
+    one second of requests; a request that finds it empty is answered 429 with the
+    ``Retry-After`` (and ``retry_after_seconds``) until the next token, and does not
+    count against it. ``limited`` counts those answers.
     """
 
     latency: float = 0.0
@@ -64,8 +69,12 @@ class Faults:
     path_delays: dict[str, float] = field(default_factory=dict)
     fail_next: list[int] = field(default_factory=list)
     seed: int | None = None
+    rate_limit: float = 0.0
+    limited: int = 0
     _rng: random.Random | None = field(default=None, init=False, repr=False, compare=False)
     _rng_seed: int | None = field(default=None, init=False, repr=False, compare=False)
+    _tokens: float | None = field(default=None, init=False, repr=False, compare=False)
+    _filled_at: float = field(default=0.0, init=False, repr=False, compare=False)
 
     def roll(self, share: float) -> bool:
         """True for about ``share`` of calls; repeatable when :attr:`seed` is set."""
@@ -75,6 +84,22 @@ class Faults:
             # Not for security: a reproducible sequence of injected faults.
             self._rng, self._rng_seed = random.Random(self.seed), self.seed  # noqa: S311
         return self._rng.random() < share
+
+    def take_token(self, now: float) -> float | None:
+        """Spend one of ``rate_limit``'s tokens at ``now`` (monotonic seconds); ``None`` when
+        there was one, else the seconds until the next (the request is refused)."""
+        if self.rate_limit <= 0:
+            return None
+        burst = max(1.0, self.rate_limit)
+        if self._tokens is None:
+            self._tokens, self._filled_at = burst, now
+        self._tokens = min(burst, self._tokens + (now - self._filled_at) * self.rate_limit)
+        self._filled_at = now
+        if self._tokens >= 1.0 - 1e-9:  # float steps of 1/rate_limit add up to a token
+            self._tokens -= 1.0
+            return None
+        self.limited += 1
+        return (1.0 - self._tokens) / self.rate_limit
 
     def delay_for(self, method: str, path: str) -> float:
         """Seconds to hold the answer to ``method path``."""
@@ -162,9 +187,10 @@ class Emulator:
                 now=self._clock(),
             )
             delay = faults.delay_for(req.method, path)
-            status = _fault_status(faults)
+            status, retry_after = _fault_status(faults)
             if status is not None:
-                response = _fault(req, status, faults.retry_after, adjutor=adjutor)
+                limit = round(faults.rate_limit * 60) if faults.rate_limit > 0 else RATE_LIMIT
+                response = _fault(req, status, retry_after, adjutor=adjutor, limit=limit)
             elif adjutor:
                 response = self._adjutor.handle(req)
             else:
@@ -196,14 +222,18 @@ class Emulator:
         return httpx.MockTransport(serve)
 
 
-def _fault_status(faults: Faults) -> int | None:
+def _fault_status(faults: Faults) -> tuple[int | None, float]:
+    """The status answered instead of serving the request, if any, and its Retry-After."""
     if faults.fail_next:
-        return faults.fail_next.pop(0)
+        return faults.fail_next.pop(0), faults.retry_after
+    wait = faults.take_token(time.monotonic())
+    if wait is not None:
+        return 429, wait
     if faults.roll(faults.rate_429):
-        return 429
+        return 429, faults.retry_after
     if faults.roll(faults.error_rate):
-        return 503
-    return None
+        return 503, faults.retry_after
+    return None, faults.retry_after
 
 
 _ADJUDON_CODES = {
@@ -216,14 +246,16 @@ _ADJUDON_CODES = {
 }
 
 
-def _fault(req: Request, status: int, retry_after: float, *, adjutor: bool) -> Response:
+def _fault(
+    req: Request, status: int, retry_after: float, *, adjutor: bool, limit: int = RATE_LIMIT
+) -> Response:
     if status == 0:
         return Response(0)
     if status == 429:
         if adjutor:
             response = adjutor_error(429, "Too many requests, slow down")
         else:
-            data = {"limit": RATE_LIMIT, "remaining": 0, "retry_after_seconds": retry_after}
+            data = {"limit": limit, "remaining": 0, "retry_after_seconds": retry_after}
             response = adjudon_error(req, 429, "RATE_LIMIT_EXCEEDED", "rate limit exceeded", data)
         response.headers["Retry-After"] = retry_after_header(retry_after)
         return response

@@ -11,16 +11,19 @@ TLS checks, error translation and bounded retries (:class:`RetryPolicy`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import httpx
-
-from rotator.abc import Issuer
 from rotator.errors import VendorOutcomeUnknown
-from rotator.secret import Secret
-from rotator.spec import IssuerSpec, KeySpec
 from rotator.vendors._http import RetryPolicy
 from rotator.vendors.adjudon import AdjudonIssuer, ChainReport, ChainStatus
 from rotator.vendors.adjutor import AdjutorIssuer
+
+if TYPE_CHECKING:  # the rotation file's models are the caller's; importing them here is not needed
+    import httpx
+
+    from rotator.abc import Issuer
+    from rotator.secret import Secret
+    from rotator.spec import IssuerSpec, KeySpec
 
 __all__ = [
     "AdjudonIssuer",

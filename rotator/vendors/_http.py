@@ -6,12 +6,19 @@ of transient failures through tenacity, and the vendor's clock learnt from ``Dat
 What an answer means (a :class:`Reply` or an error kind) is read by
 :mod:`rotator.vendors._answers`. Bodies and headers are never logged nor put into an
 exception: they may hold a key.
+
+Every issuer of one vendor origin (scheme, host and port of its base URL) shares, for the
+whole process, one ``httpx.Client`` (created on the first request, closed when the last of
+those issuers is closed: one CA bundle loaded and one connection pool, not one per key) and
+one :class:`~rotator.vendors._budget.RateBudget`, so the workers of a pass pace themselves
+as one client when the vendor answers 429.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +41,7 @@ from rotator.errors import (
 from rotator.net import shown, tls_problem
 from rotator.secret import Secret
 from rotator.vendors._answers import MAX_BODY, Obj, Reply, read_answer
+from rotator.vendors._budget import RateBudget
 from rotator.vendors._vendor_time import DateOffset
 
 __all__ = ["MAX_BODY", "HTTPIssuer", "Obj", "Reply", "RetryPolicy", "VendorHTTP", "check_base_url"]
@@ -73,6 +81,74 @@ def check_base_url(url: str, vendor: str) -> str:
     return url.rstrip("/")
 
 
+# --------------------------------------------------------------------------- shared per origin
+
+MAX_CONNECTIONS = 64
+"""Connections kept to one vendor origin (``--parallel`` is at most 64)."""
+
+
+class _Origin:
+    """What the issuers of one vendor origin share in this process."""
+
+    def __init__(self, url: str) -> None:
+        self.users = 0
+        self.client: httpx.Client | None = None
+        self.budget = RateBudget(url)
+
+
+_ORIGINS: dict[str, _Origin] = {}
+_ORIGINS_LOCK = threading.Lock()
+
+
+def origin_of(base_url: str) -> str:
+    """``scheme://host:port`` of ``base_url``: the unit of sharing (one TLS policy, one limit)."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _join(origin: str) -> _Origin:
+    with _ORIGINS_LOCK:
+        shared = _ORIGINS.get(origin)
+        if shared is None:
+            shared = _ORIGINS[origin] = _Origin(origin)
+        shared.users += 1
+        return shared
+
+
+def _leave(origin: str, shared: _Origin) -> None:
+    with _ORIGINS_LOCK:
+        shared.users -= 1
+        if shared.users > 0:
+            return
+        if _ORIGINS.get(origin) is shared:
+            del _ORIGINS[origin]
+        client, shared.client = shared.client, None
+    if client is not None:
+        client.close()
+
+
+def _client_of(shared: _Origin) -> httpx.Client:
+    with _ORIGINS_LOCK:
+        if shared.client is None:
+            if shared.users <= 0:
+                raise RuntimeError("the vendor client is closed")
+            shared.client = httpx.Client(
+                follow_redirects=False,
+                limits=httpx.Limits(
+                    max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+                ),
+            )
+        return shared.client
+
+
+def shared_clients() -> dict[str, int]:
+    """Origin -> issuers sharing it now, for tests and diagnostics (``{}`` when all are closed)."""
+    with _ORIGINS_LOCK:
+        return {origin: shared.users for origin, shared in _ORIGINS.items()}
+
+
 # --------------------------------------------------------------------------- transport
 
 
@@ -88,7 +164,8 @@ class _Call:
 
 
 class VendorHTTP:
-    """One vendor's base URL over an ``httpx.Client`` (owned unless one is injected)."""
+    """One vendor's base URL over the process's shared ``httpx.Client`` for its origin, or
+    over an injected one (then unpaced unless ``budget`` is given too)."""
 
     def __init__(
         self,
@@ -100,11 +177,14 @@ class VendorHTTP:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] | None = None,
+        budget: RateBudget | None = None,
     ) -> None:
         self.vendor = vendor
         self.base_url = check_base_url(base_url, vendor)
-        self._owned = http is None
-        self._http = http if http is not None else httpx.Client(follow_redirects=False)
+        self._origin = origin_of(self.base_url)
+        self._injected = http
+        self._shared = _join(self._origin) if http is None else None
+        self._budget = budget if budget is not None or self._shared is None else self._shared.budget
         self._timeout = httpx.Timeout(timeout)
         self._policy = retry or RetryPolicy()
         self._sleep = sleep
@@ -115,8 +195,22 @@ class VendorHTTP:
         ) + tenacity.wait_random(0, self._policy.initial)
 
     def close(self) -> None:
-        if self._owned:
-            self._http.close()
+        """Let go of the shared client (closed with its last user); idempotent."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            _leave(self._origin, shared)
+
+    @property
+    def budget(self) -> RateBudget | None:
+        """The rate budget this client's requests draw on (shared per origin)."""
+        return self._budget
+
+    def _client(self) -> httpx.Client:
+        if self._injected is not None:
+            return self._injected
+        if self._shared is None:
+            raise RuntimeError(f"{self.vendor}: the vendor client is closed")
+        return _client_of(self._shared)
 
     def vendor_now(self) -> datetime | None:
         """The vendor's time now: our clock plus the offset its ``Date`` headers showed
@@ -150,10 +244,15 @@ class VendorHTTP:
             sleep=self._sleep,
             before_sleep=self._log_wait,
         )
+        limited = False  # the last attempt was answered 429: its wait honoured the pause
         try:
             for attempt in retrying:
                 with attempt:
-                    reply = self._once(call, attempt.retry_state.attempt_number)
+                    try:
+                        reply = self._once(call, attempt.retry_state.attempt_number, paused=not limited)
+                    except VendorUnavailable as exc:
+                        limited = exc.status == 429
+                        raise
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             assert isinstance(last, VendorUnavailable)
@@ -178,6 +277,8 @@ class VendorHTTP:
         backoff = min(self._policy.maximum, self._backoff(state))
         exc = state.outcome.exception() if state.outcome else None
         asked = exc.retry_after if isinstance(exc, Transient) else None
+        if asked is not None and self._budget is not None and getattr(exc, "status", None) == 429:
+            return asked  # the vendor said how long; the shared budget paces what follows
         return max(backoff, asked or 0.0)
 
     def _log_wait(self, state: tenacity.RetryCallState) -> None:
@@ -185,7 +286,7 @@ class VendorHTTP:
 
     # -- one attempt
 
-    def _once(self, call: _Call, attempt: int) -> Reply:
+    def _once(self, call: _Call, attempt: int, *, paused: bool = True) -> Reply:
         endpoint = f"{self.vendor} {call.method} {call.path}"
         token = call.credential()
         if not _SENDABLE.fullmatch(token.reveal()):
@@ -198,8 +299,10 @@ class VendorHTTP:
             "Accept": "application/json",
             "User-Agent": f"rotator/{__version__}",
         }
+        http = self._client()
+        pace = self._pace(paused)
         try:
-            request = self._http.build_request(
+            request = http.build_request(
                 call.method,
                 self.base_url + call.path,
                 params=call.params,
@@ -209,7 +312,7 @@ class VendorHTTP:
             )
             # Never follow a redirect, even on an injected client: the contract has
             # none, and following one would carry the key to another URL.
-            response = self._http.send(request, stream=True, follow_redirects=False)
+            response = http.send(request, stream=True, follow_redirects=False)
             try:
                 raw = _read_limited(response)
             finally:
@@ -231,6 +334,11 @@ class VendorHTTP:
 
         self._vendor_time.learn(response.headers.get("date"))
         answer = read_answer(endpoint, response.status_code, raw, response.headers, self._clock)
+        if self._budget is not None:
+            if answer.status == 429:
+                self._budget.limited(pace, answer.info.retry_after)
+            else:
+                self._budget.succeeded(pace)
         LOG.debug(
             "%s -> %d request_id=%s attempt=%d",
             endpoint,
@@ -239,6 +347,16 @@ class VendorHTTP:
             attempt,
         )
         return answer.reply(want_data=call.want_data)
+
+    def _pace(self, paused: bool) -> int:
+        """Wait for this request's slot in the vendor's rate budget; the pace it was given.
+        ``paused=False``: this request already waited out its own 429's ``Retry-After``."""
+        if self._budget is None:
+            return 0
+        delay, pace = self._budget.reserve(paused=paused)
+        if delay > 0:
+            self._sleep(delay)
+        return pace
 
 
 # Failures that happen before any byte of the request left: safe to repeat any request.
