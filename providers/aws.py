@@ -39,8 +39,9 @@ a no-op yet authorizes as a write), then writes the tag ``rotator:checked``: a
 secret we may read but not write or tag fails here, before a cutover.
 
 The client comes from ``region``, ``profile``, ``role_arn`` (STS AssumeRole,
-refreshed before expiry) and ``endpoint_url``, with three attempts in botocore's
-standard retry mode and bounded timeouts; or it is injected (``client=``).
+refreshed before expiry) and ``endpoint_url``, with three retries in botocore's
+standard retry mode and bounded timeouts, shared by every target with the same settings
+(:func:`rotator.aws_session.client`); or it is injected (``client=``).
 Errors are translated at this edge by :func:`translated`.
 """
 
@@ -58,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 from providers._field import FieldCodec
 from rotator.abc import Stamp, StoredVersion, TargetState, format_time, parse_time
 from rotator.aws_errors import NOT_FOUND, BotoKind, Kind, classify, classify_botocore
-from rotator.aws_session import make_session
+from rotator.aws_session import client as aws_client
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -98,12 +99,16 @@ def _name(target: AwsTarget) -> str:
 
 
 def _build_client(target: AwsTarget) -> SecretsManagerClient:
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15)
-    session = make_session(profile=target.profile, region=target.region, role_arn=target.role_arn)
-    client: SecretsManagerClient = session.client(
-        "secretsmanager", config=config, endpoint_url=target.endpoint_url
+    """The process's Secrets Manager client for the target's settings (shared, thread-safe)."""
+    client: SecretsManagerClient = aws_client(
+        "secretsmanager",
+        region=target.region,
+        endpoint_url=target.endpoint_url,
+        profile=target.profile,
+        role_arn=target.role_arn,
+        attempts=4,
+        connect_timeout=5,
+        read_timeout=15,
     )
     return client
 

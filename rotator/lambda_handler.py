@@ -356,12 +356,13 @@ def _fetch_s3(url: str, dest: Path) -> Path:
     match = re.fullmatch(r"s3://([^/]+)/(.+)", url)
     if match is None:
         raise ConfigError(f"ROTATOR_FILE_S3: {url!r} is not s3://bucket/key")
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
+
+    from rotator.aws_session import client
 
     cap = max_file_bytes()
     try:
-        answer = boto3.session.Session().client("s3").get_object(Bucket=match[1], Key=match[2])
+        answer = client("s3").get_object(Bucket=match[1], Key=match[2])
         data = answer["Body"].read(cap + 1)  # never more than the cap into memory or /tmp
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "Unknown")

@@ -256,10 +256,13 @@ def _describe(item: dict[str, Any]) -> str:
 
 
 def _build_client(spec: DynamoDBLeaseSpec) -> Any:
-    import boto3
-    from botocore.config import Config
+    from rotator.aws_session import client
 
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=10)
-    return boto3.session.Session(region_name=spec.region).client(
-        "dynamodb", config=config, endpoint_url=spec.endpoint_url
+    return client(
+        "dynamodb",
+        region=spec.region,
+        endpoint_url=spec.endpoint_url,
+        attempts=4,
+        connect_timeout=5,
+        read_timeout=10,
     )

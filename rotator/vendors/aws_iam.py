@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from rotator.abc import Activity, Capabilities, KeyStatus, Minted, VendorKey, format_time, parse_time
 from rotator.aws_errors import BotoKind, Kind, classify, classify_botocore
-from rotator.aws_session import make_session
 from rotator.errors import (
     ConfigError,
     KeyLimitReached,
@@ -180,8 +179,11 @@ class AwsIamIssuer:
         mint_client: IAMClient | None = None,
         probe_client: ProbeClient,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        owns_clients: bool = True,
     ) -> None:
         self.user_name = user_name
+        self._owns_clients = owns_clients
+        """False for the process's shared clients: closing the issuer leaves them open."""
         self._name = f"{issuer}/user:{user_name}"
         self._client = client
         self._mint_client = mint_client or client
@@ -200,6 +202,8 @@ class AwsIamIssuer:
     def close(self) -> None:
         from rotator.abc import Closeable
 
+        if not self._owns_clients:
+            return
         for client in {id(c): c for c in (self._client, self._mint_client)}.values():
             if isinstance(client, Closeable):
                 client.close()
@@ -462,10 +466,9 @@ def _time_or_none(text: str | None) -> datetime | None:
 
 
 def open_issuer(issuer: str, spec: AwsIamIssuerSpec, *, retry: RetryPolicy | None = None) -> AwsIamIssuer:
-    """The issuer for ``spec``, its clients built from the SDK's credential chain."""
-    import boto3
-    from botocore.config import Config
-
+    """The issuer for ``spec``, its clients (the process's shared ones for these settings)
+    built from the SDK's credential chain."""
+    from rotator.aws_session import client, client_with_keys, session
     from rotator.vendors._http import check_base_url
 
     name = f"{issuer}/user:{spec.user_name}"
@@ -475,32 +478,38 @@ def open_issuer(issuer: str, spec: AwsIamIssuerSpec, *, retry: RetryPolicy | Non
         check_base_url(spec.endpoint_url, f"{name}: endpoint_url")
     timeout = spec.timeout.total_seconds()
     attempts = retry.attempts if retry is not None else 5
-
-    def config(tries: int) -> Config:
-        return Config(
-            retries={"total_max_attempts": tries, "mode": "standard"},
-            connect_timeout=timeout,
-            read_timeout=timeout,
-        )
-
     from botocore.exceptions import BotoCoreError
 
     try:
-        session = make_session(
+        # IAM is global, signed for us-east-1 in the aws partition; other partitions set region
+        found = session(
             profile=spec.profile, region=spec.region, role_arn=spec.role_arn, session_name="rotator-iam"
         )
+        region = found.region_name or "us-east-1"
+        url = spec.endpoint_url
+
+        def iam_client(tries: int) -> IAMClient:
+            built: IAMClient = client(
+                "iam", region=region, endpoint_url=url, profile=spec.profile, role_arn=spec.role_arn,
+                session_name="rotator-iam", attempts=tries, connect_timeout=timeout, read_timeout=timeout,
+            )  # fmt: skip
+            return built
+
+        iam, mint_client = iam_client(attempts), iam_client(1)
     except BotoCoreError as exc:
         raise _from_botocore_error(f"{name}: connect", exc, False) from None
-    # IAM is global, signed for us-east-1 in the aws partition; other partitions set region
-    region = session.region_name or "us-east-1"
-    url = spec.endpoint_url
-    client = session.client("iam", region_name=region, config=config(attempts), endpoint_url=url)
-    mint_client = session.client("iam", region_name=region, config=config(1), endpoint_url=url)
 
     def probe_client(key_id: str, secret: str) -> STSClient:
-        own = boto3.Session(aws_access_key_id=key_id, aws_secret_access_key=secret, region_name=region)
-        return own.client("sts", config=config(attempts), endpoint_url=url)
+        sts: STSClient = client_with_keys(
+            "sts", key_id, secret, region=region, endpoint_url=url, attempts=attempts, timeout=timeout
+        )
+        return sts
 
     return AwsIamIssuer(
-        issuer, spec.user_name, client=client, mint_client=mint_client, probe_client=probe_client
+        issuer,
+        spec.user_name,
+        client=iam,
+        mint_client=mint_client,
+        probe_client=probe_client,
+        owns_clients=False,
     )
