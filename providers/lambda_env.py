@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from rotator.abc import Stamp
 from rotator.aws_errors import MESSAGE_LIMIT, BotoKind, Kind, classify, classify_botocore
-from rotator.aws_session import make_session
+from rotator.aws_session import client as aws_client
 from rotator.errors import (
     StoreAccessDenied,
     StoreConflict,
@@ -93,12 +93,16 @@ def _name(spec: LambdaEnvTarget) -> str:
 
 
 def _build_client(spec: LambdaEnvTarget) -> LambdaClient:
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15)
-    session = make_session(profile=spec.profile, region=spec.region, role_arn=spec.role_arn)
-    client: LambdaClient = session.client("lambda", config=config, endpoint_url=spec.endpoint_url)
-    return client
+    """The process's shared lambda client for this spec's region, endpoint and credentials."""
+    built: LambdaClient = aws_client(
+        "lambda",
+        region=spec.region,
+        endpoint_url=spec.endpoint_url,
+        profile=spec.profile,
+        role_arn=spec.role_arn,
+        attempts=3,
+    )
+    return built
 
 
 class LambdaEnvironment:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from rotator.abc import RollEvent
 from rotator.aws_errors import BotoKind, Kind, classify, classify_botocore
-from rotator.aws_session import make_session
+from rotator.aws_session import client as aws_client
 from rotator.errors import ConsumerError, ConsumerTimeout, ConsumerUnavailable
 
 if TYPE_CHECKING:
@@ -75,12 +75,16 @@ def make_consumer(
 
 
 def _build_client(spec: EcsConsumer) -> ECSClient:
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=15)
-    session = make_session(profile=spec.profile, region=spec.region, role_arn=spec.role_arn)
-    client: ECSClient = session.client("ecs", config=config, endpoint_url=spec.endpoint_url)
-    return client
+    """The process's shared ecs client for this spec's region, endpoint and credentials."""
+    built: ECSClient = aws_client(
+        "ecs",
+        region=spec.region,
+        endpoint_url=spec.endpoint_url,
+        profile=spec.profile,
+        role_arn=spec.role_arn,
+        attempts=3,
+    )
+    return built
 
 
 @dataclass(frozen=True)
