@@ -1,7 +1,7 @@
 """A fleet on one machine: validate, plan, bootstrap and a full rotation of N keys x 2 targets.
 
     python benchmarks/fleet.py [--keys 10 100] [--stores file|aws,vault] [--parallel 16]
-                               [--metrics-keys 100 200 400]
+                               [--metrics-keys 100 200 400] [--commands validate plan ...]
 
 For each N the script builds the world: the project's vendor emulator over HTTP on loopback
 (in this process), a rotation file of N Adjudon agent keys, each with two targets (two file
@@ -15,7 +15,8 @@ runs, each as a fresh rotator process:
   (``--wait``): mint, stage, promote, drain 1 s, revoke; run by a small driver over the
   engine, since ``rotate`` takes one key.
 
-For each it prints the wall time, the CPU time (user + system) and the peak RSS of the rotator
+``--commands`` runs some of them only (``--keys 10000 --commands validate plan``: the goals
+stated at 10,000 and 20,000 keys, without bootstrapping that many). For each it prints the wall time, the CPU time (user + system) and the peak RSS of the rotator
 process (``os.wait4``: that child alone), and the requests the emulator served (per key for
 the bootstrap and the rotation), next to the goals and the baseline of issue 15.
 
@@ -148,7 +149,9 @@ def measure(
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, (lines or [""])[-1]
 
 
-def fleet(n: int, stores: list[str], parallel: int, endpoints: dict[str, str], timeout: float) -> list[Run]:
+def fleet(
+    n: int, stores: list[str], parallel: int, endpoints: dict[str, str], timeout: float, commands: list[str]
+) -> list[Run]:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="fleet-") as tmp, EmulatorServer() as server:
         work = Path(tmp)
@@ -170,6 +173,8 @@ def fleet(n: int, stores: list[str], parallel: int, endpoints: dict[str, str], t
             ("rotation", [sys.executable, "-c", ROTATE, str(path), str(parallel)]),
         ]
         for command, args in steps:
+            if command not in commands:
+                continue
             before = len(server.emulator.request_log())
             wall, cpu, rss, code, last = measure(args, work, env, timeout)
             calls = len(server.emulator.request_log()) - before
@@ -237,6 +242,13 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=16)
     parser.add_argument("--metrics-keys", type=int, nargs="*", default=[100, 200, 400])
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per command")
+    parser.add_argument(
+        "--commands",
+        nargs="+",
+        choices=list(GOALS),
+        default=list(GOALS),
+        help="run only these (default: all)",
+    )
     opts = parser.parse_args()
     stores = sorted(s.strip() for s in opts.stores.split(",") if s.strip())
     if stores != ["file"] and not set(stores) <= {"aws", "vault"}:
@@ -269,7 +281,11 @@ def main() -> int:
             endpoints["vault"] = url
             os.environ["VAULT_TOKEN"] = "root"
 
-        runs = [run for n in opts.keys for run in fleet(n, stores, opts.parallel, endpoints, opts.timeout)]
+        runs = [
+            run
+            for n in opts.keys
+            for run in fleet(n, stores, opts.parallel, endpoints, opts.timeout, opts.commands)
+        ]
 
     targets = "2 file targets" if stores == ["file"] else " + ".join(stores) + " targets"
     print(f"\nFleet: N Adjudon agent keys x {targets}, --parallel {opts.parallel}, drain 1 s; "
