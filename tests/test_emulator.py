@@ -440,6 +440,9 @@ def test_rate_limit_is_a_token_bucket(emu: Emulator) -> None:
     now[0] += 60  # refills to one second's worth, not more
     assert [emu.faults.take_token(now[0]) is None for _ in range(6)] == [True] * 5 + [False]
     assert emu.faults.limited == 4
+    emu.faults.rate_burst = 2  # a smaller bucket: two at once, then one each 1/5 s
+    now[0] += 60
+    assert [emu.faults.take_token(now[0]) is None for _ in range(3)] == [True, True, False]
 
 
 def test_rate_limit_over_http(emu: Emulator, http: httpx.Client) -> None:

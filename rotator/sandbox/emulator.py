@@ -57,9 +57,9 @@ class Faults:
     ``path_delays`` maps a regex searched in ``"METHOD /path"`` to extra seconds.
     ``retry_after`` may be fractional, so tests back off quickly.
     ``rate_limit`` (requests per second, 0: none) is a real limit: a token bucket holding
-    one second of requests; a request that finds it empty is answered 429 with the
-    ``Retry-After`` (and ``retry_after_seconds``) until the next token, and does not
-    count against it. ``limited`` counts those answers.
+    ``rate_burst`` requests (0: one second of them); a request that finds it empty is
+    answered 429 with the ``Retry-After`` (and ``retry_after_seconds``) until the next
+    token, and does not count against it. ``limited`` counts those answers.
     """
 
     latency: float = 0.0
@@ -70,6 +70,7 @@ class Faults:
     fail_next: list[int] = field(default_factory=list)
     seed: int | None = None
     rate_limit: float = 0.0
+    rate_burst: float = 0.0
     limited: int = 0
     _rng: random.Random | None = field(default=None, init=False, repr=False, compare=False)
     _rng_seed: int | None = field(default=None, init=False, repr=False, compare=False)
@@ -90,7 +91,7 @@ class Faults:
         there was one, else the seconds until the next (the request is refused)."""
         if self.rate_limit <= 0:
             return None
-        burst = max(1.0, self.rate_limit)
+        burst = max(1.0, self.rate_burst or self.rate_limit)
         if self._tokens is None:
             self._tokens, self._filled_at = burst, now
         self._tokens = min(burst, self._tokens + (now - self._filled_at) * self.rate_limit)

@@ -94,7 +94,7 @@ class RateBudget:
         LOG.info("%s: the vendor limits requests (429); pacing at %.1f requests/s", self.name, rate)
 
     def succeeded(self, pace: int) -> None:
-        """A request given ``pace`` was answered (not 429): the pace may grow."""
+        """A request given ``pace`` was answered (neither 429 nor 5xx): the pace may grow."""
         with self._lock:
             self._tested = self._tested or pace == self._cuts
             if self._rate is not None:

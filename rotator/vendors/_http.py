@@ -337,7 +337,7 @@ class VendorHTTP:
         if self._budget is not None:
             if answer.status == 429:
                 self._budget.limited(pace, answer.info.retry_after)
-            else:
+            elif answer.status < 500:  # answered: the pace held (a 5xx says nothing of it)
                 self._budget.succeeded(pace)
         LOG.debug(
             "%s -> %d request_id=%s attempt=%d",
