@@ -214,7 +214,11 @@ def restarts(
         for attempt, (fp, promoted_at) in promoted.items():
             started = [t for g_fp, t in gens if g_fp == fp]
             begin = min([promoted_at, *started]) - slack
-            end = rolled.get(attempt, datetime.max.replace(tzinfo=promoted_at.tzinfo)) + slack
+            end = (
+                rolled[attempt] + slack
+                if attempt in rolled
+                else datetime.max.replace(tzinfo=promoted_at.tzinfo)
+            )
             hit = attempt in failed or any(
                 begin <= t <= end and (held is None or key in held) for t, held in deaths
             )
