@@ -291,14 +291,15 @@ def held_leases(pid: int, locks: Path) -> frozenset[str] | None:
 
 def _final_pass(world: World, cfg: ChaosConfig) -> tuple[int, int, bool, str]:
     """Faults off, no new rotation due: ``apply --wait`` to rest, then one more pass that must
-    take no step. Returns both exit codes, whether the second pass was idle, and its output."""
+    take no step. Returns both exit codes, whether the second pass was idle, and its output.
+    A pass costs CPU per key: the time allowed grows with the number of keys."""
     world.write_spec(max_age="3650d", drain=cfg.drain, propagation=cfg.propagation, timeout=cfg.timeout)
     runs = world.workdir / "runs"
     final = subprocess.run(
         world.rotator("apply", "--wait"),
         env=world.env(),
         capture_output=True,
-        timeout=300,
+        timeout=300 + 3 * world.keys,
         check=False,
         cwd=world.workdir,
     )
@@ -308,7 +309,7 @@ def _final_pass(world: World, cfg: ChaosConfig) -> tuple[int, int, bool, str]:
         world.rotator("apply", "--output", "json"),
         env=world.env(),
         capture_output=True,
-        timeout=120,
+        timeout=120 + 2 * world.keys,
         check=False,
         cwd=world.workdir,
     )
