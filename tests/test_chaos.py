@@ -3,8 +3,10 @@ judge it, each shown able to fail."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ import pytest
 
 from rotator.sandbox.emulator import EmulatorServer
 from tests.chaos import invariants
-from tests.chaos.harness import ChaosConfig, run_chaos
+from tests.chaos.consumers import ReadOnceService
+from tests.chaos.harness import ChaosConfig, held_leases, run_chaos
 from tests.chaos.proxy import FaultProxy
 
 SHORT_ROTATIONS = ChaosConfig().rotations
@@ -123,3 +126,86 @@ def test_fault_proxy_resets_and_recovers(emulator: EmulatorServer) -> None:
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{proxy.url}/health", timeout=2)
         assert proxy.stats["reset-request"] + proxy.stats["reset-answer"] >= 1
+
+
+def _roll_journal() -> list[dict[str, Any]]:
+    def entry(ts: str, event: str, attempt: str, **details: Any) -> dict[str, Any]:
+        return {**_entry(ts, event, **details), "attempt": attempt}
+
+    return [
+        entry("01", "promoted", "a1", fingerprint="fp1"),
+        entry("02", "rolled", "a1", consumer="command"),
+        entry("10", "promoted", "a2", fingerprint="fp2"),
+        entry("12", "rolled", "a2", consumer="command"),
+        entry("20", "promoted", "a3", fingerprint="fp3"),
+    ]
+
+
+def _at(s: str) -> datetime:
+    return datetime.fromisoformat(f"2026-11-01T00:00:{s}+00:00")
+
+
+def test_restarts_per_attempt_exactly_one_unless_a_pass_died_during_the_roll() -> None:
+    """One restart per rolled attempt is right; a second is allowed only when a pass holding the
+    key (or an unknown one) died during that roll; a third never; an attempt never rolled fails."""
+    gens = {"k": [("fp1", _at("01")), ("fp2", _at("10")), ("fp2", _at("11")), ("fp3", _at("20"))]}
+    found = {a.attempt: a for a in invariants.restarts(_roll_journal(), gens, [])}
+    assert [(a.restarts, a.rolled, a.hit, a.ok) for a in found.values()] == [
+        (1, True, False, True),
+        (2, True, False, False),  # twice, and nothing explains it
+        (1, False, False, False),  # promoted, never rolled
+    ]
+    other_key = [(_at("11"), frozenset({"other"}))]
+    assert not {a.attempt: a for a in invariants.restarts(_roll_journal(), gens, other_key)}["a2"].ok
+    for held in (frozenset({"k"}), None):
+        a2 = {a.attempt: a for a in invariants.restarts(_roll_journal(), gens, [(_at("11"), held)])}["a2"]
+        assert a2.hit and a2.ok
+    thrice = {"k": [*gens["k"], ("fp2", _at("11"))]}
+    a2 = {a.attempt: a for a in invariants.restarts(_roll_journal(), thrice, [(_at("11"), None)])}["a2"]
+    assert a2.hit and not a2.ok
+
+
+def test_held_leases_names_the_keys_a_process_holds(tmp_path: Path) -> None:
+    """``/proc/locks`` shows the flock of a live process on a key's lease file: its key only."""
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    for key in ("k00", "k01"):
+        (locks / f"{key}.lock").touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(locks / "k01.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert held_leases(holder.pid, locks) == frozenset({"k01"})
+        assert held_leases(os.getpid(), locks) == frozenset()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD = "import fcntl, sys, time\nf = open(sys.argv[1])\nfcntl.flock(f, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)\n"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="readonce restart is not serialized: two at once both start a generation and only one is stopped",
+)
+def test_two_restarts_at_once_leave_one_live_generation(emulator: EmulatorServer, tmp_path: Path) -> None:
+    """What the chaos run can meet: a pass SIGKILLed during a roll leaves its ``command``
+    consumer's restart running (it is in a session of its own), and the next pass rolls the
+    same attempt again at once. Two overlapping restarts must still end with one generation
+    serving; today both new ones stay alive, and the one left over keeps its key when the next
+    rotation restarts the other (the drain then waits on it until the timeout)."""
+    key = emulator.emulator.bootstrap_workspace_key("race")
+    env_file = tmp_path / "service.env"
+    env_file.write_text(f"ADJUDON_API_KEY={key}\n")
+    service = ReadOnceService("race", env_file, "ADJUDON_API_KEY", emulator.url, tmp_path / "svc", 0.1)
+    try:
+        subprocess.run(service.restart_argv(), check=True, capture_output=True, timeout=60)
+        first = subprocess.Popen(service.restart_argv(), stdout=subprocess.DEVNULL)
+        second = subprocess.Popen(service.restart_argv(), stdout=subprocess.DEVNULL)
+        assert first.wait(timeout=60) == 0 and second.wait(timeout=60) == 0
+        assert len(service.totals().running) == 1, [g.pid for g in service.totals().running]
+    finally:
+        service.stop()

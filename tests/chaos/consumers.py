@@ -5,11 +5,18 @@ would: a *reader* re-reads the store every ``reread`` seconds (shorter than the 
 propagation budget) and, when the read fails, keeps the key it has; a *sender* calls the
 vendor every ``interval`` seconds with whatever key it holds. A 401 is an auth failure:
 in overlap mode there must be none.
+
+A :class:`ReadOnceService` is the other kind: a process that reads its key from a dotenv file
+once, at start, and calls the vendor every 0.1-0.2 s; only the rotation's ``command`` consumer,
+which restarts it, moves it to a new key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -20,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from rotator.sandbox.readonce import ServeArgs, Totals, is_running, read_stats
 from rotator.secret import fingerprint
 
 Reader = Callable[[], "str | None"]
@@ -169,3 +177,46 @@ def vault_reader(url: str, token: str, path: str, field_name: str) -> Reader:
         return value if isinstance(value, str) else None
 
     return read
+
+
+# --------------------------------------------------------------------------- read-once services
+
+
+@dataclass
+class ReadOnceService:
+    """A service that reads its key once, at start (``rotator.sandbox.readonce``), restarted by
+    the rotation's ``command`` consumer; its generations' counts live in ``stats``."""
+
+    name: str
+    env_file: Path
+    var: str
+    vendor_url: str
+    home: Path
+    interval: float = 0.15
+
+    @property
+    def pidfile(self) -> Path:
+        return self.home / "service.pid"
+
+    @property
+    def stats(self) -> Path:
+        return self.home / "stats"
+
+    def restart_argv(self, ready_timeout: float = 20.0) -> list[str]:
+        """What the ``command`` consumer runs: start a new generation, then stop the old one."""
+        args = ServeArgs(self.env_file, self.var, self.vendor_url, self.pidfile, self.stats, self.interval)
+        argv = args.argv()
+        return [*argv[:3], "restart", *argv[4:], "--ready-timeout", f"{ready_timeout:g}"]
+
+    def totals(self) -> Totals:
+        return read_stats(self.stats)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every live generation and wait until each wrote its last counts."""
+        live = [g.pid for g in self.totals().running]
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(is_running(pid) for pid in live) and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -6,7 +6,9 @@ some SIGKILLed at random instants and some dying at a random step boundary
 5xx, bursts of 429 with Retry-After, latency spikes and slow mints that outlast the
 client's timeout; fault proxies in front of moto and OpenBao drop, delay and reset
 connections; OpenBao is restarted with its data kept. Consumers read their stores and
-call the vendor the whole time. After a final clean ``apply --wait`` with faults off, the
+call the vendor the whole time; some keys' services read their key only once, at start, and
+are restarted by the key's ``command`` consumer (``--readonce-keys``), and those keys' passes
+also die at the publish and roll checkpoints. After a final clean ``apply --wait`` with faults off, the
 vendor's, the stores' and the journal's state is checked and one table printed.
 
     python -m tests.chaos.harness --rotations 1000 --keys 12 --parallel 3
@@ -30,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +41,10 @@ from rotator.sandbox.emulator import Faults
 from tests.chaos.report import ChaosReport, check
 from tests.chaos.world import World
 
-# the overlap strategy's, for keys without write-only targets or consumers
+# the overlap strategy's, for every key
 CRASH_POINTS = tuple(c for c in CHECKPOINTS if not any(w in c for w in ("reset", "publish", "roll")))
+# reached only by keys with write-only targets or consumers: the read-once keys
+ROLL_POINTS = tuple(c for c in CHECKPOINTS if any(w in c for w in ("publish", "roll")))
 
 
 @dataclass
@@ -68,6 +73,9 @@ class ChaosConfig:
     proxy_delay: float = 0.05
     consumer_interval: float = 0.1
     consumer_reread: float = 0.3
+    readonce_keys: int = -1
+    """Keys whose service reads its key once at start and is restarted by a ``command``
+    consumer (one process per key); -1: a third of the keys."""
     seed: int = 7
     workdir: Path | None = None
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True))
@@ -104,6 +112,8 @@ class Driver:
         self.rotations = 0
         self.progress = 0.0
         self.restarts = 0
+        self.deaths: list[tuple[datetime, frozenset[str] | None]] = []
+        """When a pass died, and the keys whose leases it held (``None``: not known)."""
         self._journal_at = 0
         self._stop = threading.Event()
 
@@ -116,9 +126,10 @@ class Driver:
         env = self.world.env()
         crash_at = None
         if rng.random() < cfg.crash_rate:
-            crash_at = rng.choice(CRASH_POINTS)
+            readonce = [p for p in self.world.plans if p.readonce]
+            crash_at = rng.choice(CRASH_POINTS + (ROLL_POINTS if readonce else ()))
             if rng.random() < 0.5:
-                crash_at += f"@{rng.choice(self.world.plans).name}"
+                crash_at += f"@{rng.choice(readonce if crash_at in ROLL_POINTS else self.world.plans).name}"
             env["ROTATOR_CRASH_AT"] = crash_at
         env["ROTATOR_LOG_LEVEL"] = level = rng.choice(["WARNING", "INFO", "DEBUG"])
         args = ["--debug"] if rng.random() < 0.1 else []
@@ -140,11 +151,12 @@ class Driver:
         now = time.monotonic()
         for run in list(self.running):
             if run.proc.poll() is None and run.kill_at is not None and now >= run.kill_at:
-                run.proc.kill()
-                run.killed = True
+                self.kill(run)
             rc = run.proc.poll()
             if rc is not None:
                 self.running.remove(run)
+                if rc < 0 and not run.killed:  # the crash hook, in the middle of any key's step
+                    self.deaths.append((datetime.now(UTC), None))
                 self.exits[("SIGKILL" if run.killed else "crash hook") if rc < 0 else f"exit {rc}"] += 1
                 err = run.err.read_bytes()
                 out = run.out.read_bytes()
@@ -168,10 +180,16 @@ class Driver:
             self.reap()
             time.sleep(0.05)
         for run in self.running:
-            run.proc.kill()
-            run.killed = True
+            self.kill(run)
             run.proc.wait()
         self.reap()
+
+    def kill(self, run: _Run) -> None:
+        """SIGKILL ``run``, noting which keys' leases it held at that instant."""
+        held = held_leases(run.proc.pid, self.world.state_dir / "locks")
+        run.proc.kill()
+        run.killed = True
+        self.deaths.append((datetime.now(UTC), held))
 
     def count_rotations(self) -> None:
         path = self.world.state_dir / "audit.jsonl"
@@ -201,6 +219,12 @@ class Driver:
             if rng.random() < 0.05:
                 faults.fail_next.extend([503, 0])
             emulator.faults = faults
+            github = self.world.github
+            if github is not None and rng.random() < 0.1:  # the write-only target's API refuses too
+                if rng.random() < 0.5:
+                    github.fail(1, status=502)
+                else:
+                    github.rate_limit(1, retry_after=0.2)
             due = (self.restarts + 1) / (cfg.vault_restarts + 1)
             if self.restarts < cfg.vault_restarts and self.progress >= due:
                 assert self.world.bao is not None
@@ -247,16 +271,35 @@ class Driver:
         chaos.join(timeout=30)
 
 
+def held_leases(pid: int, locks: Path) -> frozenset[str] | None:
+    """The keys whose lease files ``pid`` holds a ``flock`` on, from ``/proc/locks``."""
+    try:
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    inodes = set()
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 12345 08:01:123456 0 EOF" (a waiter's line has "->")
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[4] == str(pid):
+            inodes.add(int(parts[5].rsplit(":", 1)[1]))
+    try:
+        return frozenset(p.stem for p in locks.glob("*.lock") if p.stat().st_ino in inodes)
+    except OSError:
+        return None
+
+
 def _final_pass(world: World, cfg: ChaosConfig) -> tuple[int, int, bool, str]:
     """Faults off, no new rotation due: ``apply --wait`` to rest, then one more pass that must
-    take no step. Returns both exit codes, whether the second pass was idle, and its output."""
+    take no step. Returns both exit codes, whether the second pass was idle, and its output.
+    A pass costs CPU per key: the time allowed grows with the number of keys."""
     world.write_spec(max_age="3650d", drain=cfg.drain, propagation=cfg.propagation, timeout=cfg.timeout)
     runs = world.workdir / "runs"
     final = subprocess.run(
         world.rotator("apply", "--wait"),
         env=world.env(),
         capture_output=True,
-        timeout=300,
+        timeout=300 + 3 * world.keys,
         check=False,
         cwd=world.workdir,
     )
@@ -266,7 +309,7 @@ def _final_pass(world: World, cfg: ChaosConfig) -> tuple[int, int, bool, str]:
         world.rotator("apply", "--output", "json"),
         env=world.env(),
         capture_output=True,
-        timeout=120,
+        timeout=120 + 2 * world.keys,
         check=False,
         cwd=world.workdir,
     )
@@ -282,7 +325,8 @@ def _final_pass(world: World, cfg: ChaosConfig) -> tuple[int, int, bool, str]:
 def run_chaos(cfg: ChaosConfig) -> ChaosReport:
     """One chaos run from an empty world to the table of invariants."""
     workdir = cfg.workdir or Path(tempfile.mkdtemp(prefix="rotator-chaos-"))
-    world = World(workdir, cfg.keys, cfg.seed)
+    readonce = cfg.keys // 3 if cfg.readonce_keys < 0 else cfg.readonce_keys
+    world = World(workdir, cfg.keys, cfg.seed, readonce=readonce)
     started = time.monotonic()
     driver: Driver | None = None
     try:
@@ -299,12 +343,13 @@ def run_chaos(cfg: ChaosConfig) -> ChaosReport:
             cwd=workdir,
         )
         if first.returncode != 0:
+            (workdir / "first.err").write_bytes(first.stderr)
             raise RuntimeError(f"the first clean pass failed ({first.returncode})")
         world.start_consumers(interval=cfg.consumer_interval, reread=cfg.consumer_reread)
         driver = Driver(world, cfg)
         cfg.log(
-            f"chaos: {cfg.keys} keys, {sum(len(p.targets) for p in world.plans)} targets, "
-            f"working in {workdir}"
+            f"chaos: {cfg.keys} keys, {sum(len(p.targets) + len(p.extra) for p in world.plans)} targets, "
+            f"{len(world.services)} read-once services, working in {workdir}"
         )
         driver.loop()
         driver.drain_runs(timeout=60)

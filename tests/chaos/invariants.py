@@ -9,7 +9,9 @@ what "0 keys lost" or "0 double mints" means:
 * :func:`double_mints` - two keys minted for the same key while the first attempt was
   still unresolved (invariant 2: never mint while an unresolved attempt exists);
 * :func:`leaks` - raw keys in any captured output or file under the state directory
-  (invariant 5).
+  (invariant 5);
+* :func:`restarts` - for keys whose consumers read once at start, how many times each
+  attempt restarted its service, and whether a rotator process died during that roll.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -159,3 +162,65 @@ def table(rows: Sequence[tuple[str, str, bool | None]]) -> str:
         out.append(f"{what:<{width}}  {value:>{vwidth}}  {status}".rstrip())
     out.append(line)
     return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class AttemptRestarts:
+    """One attempt of a read-once key: the service generations started with its key."""
+
+    key: str
+    attempt: str
+    restarts: int
+    rolled: bool
+    """The journal shows the attempt's consumer rolled."""
+    hit: bool
+    """A rotator process died (SIGKILL, crash hook) while this roll was in flight, or the roll
+    failed once: the consumer may have run twice."""
+
+    @property
+    def ok(self) -> bool:
+        """At most 2 restarts; exactly 1 for a roll nothing interrupted; 1 at least once rolled."""
+        if not self.rolled:
+            return False
+        return 1 <= self.restarts <= (2 if self.hit else 1)
+
+
+def restarts(
+    journal: Sequence[Mapping[str, Any]],
+    generations: Mapping[str, Sequence[tuple[str, datetime]]],
+    deaths: Sequence[tuple[datetime, frozenset[str] | None]],
+    slack: timedelta = timedelta(seconds=0.5),
+) -> list[AttemptRestarts]:
+    """Every promoted attempt of each key in ``generations`` (``key -> [(fingerprint, started)]``,
+    one per service process). A roll is in flight from the attempt's promotion (or its first
+    generation's start) to its ``rolled`` entry. ``deaths`` are when rotator processes died and
+    the keys whose leases each held (``None``: not known, any key)."""
+    out = []
+    per_key = _per_key(journal)
+    for key, gens in generations.items():
+        promoted: dict[str, tuple[str, datetime]] = {}
+        rolled: dict[str, datetime] = {}
+        failed: set[str] = set()
+        for e in per_key.get(key, []):
+            attempt, d = e.get("attempt"), e["details"]
+            if not attempt:
+                continue
+            if e["event"] == "promoted":
+                promoted.setdefault(attempt, (str(d.get("fingerprint")), _ts(e)))
+            elif e["event"] == "rolled":
+                rolled.setdefault(attempt, _ts(e))
+            elif e["event"] == "roll-failed":
+                failed.add(attempt)
+        for attempt, (fp, promoted_at) in promoted.items():
+            started = [t for g_fp, t in gens if g_fp == fp]
+            begin = min([promoted_at, *started]) - slack
+            end = (
+                rolled[attempt] + slack
+                if attempt in rolled
+                else datetime.max.replace(tzinfo=promoted_at.tzinfo)
+            )
+            hit = attempt in failed or any(
+                begin <= t <= end and (held is None or key in held) for t, held in deaths
+            )
+            out.append(AttemptRestarts(key, attempt, len(started), attempt in rolled, hit))
+    return out

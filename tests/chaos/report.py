@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rotator.abc import parse_time
 from rotator.audit import Journal
+from rotator.sandbox.readonce import read_key
+from rotator.secret import fingerprint
 from rotator.spec import parse_duration
 from tests.chaos import invariants
-from tests.chaos.world import World
+from tests.chaos.world import SERVICE_VAR, World
 
 if TYPE_CHECKING:
     from tests.chaos.harness import ChaosConfig, Driver
@@ -66,7 +70,9 @@ def check(
     auth_failures = sum(c.auth_failures for c in consumers)
     idle_consumers = [c.name for c in consumers if c.requests == 0]
     known = set().union(*(c.values for c in consumers)) | final_values | {world.admin_key}
-    scanned = [p for d in (world.workdir / "runs", world.state_dir) for p in d.rglob("*") if p.is_file()]
+    readonce_rows, readonce_details = readonce(world, entries, driver.deaths)
+    dirs = (world.workdir / "runs", world.state_dir, world.workdir / "services")
+    scanned = [p for d in dirs for p in d.rglob("*") if p.is_file()]
     leaked = invariants.leaks(scanned, known)
     tracebacks = driver.unexpected + [
         name
@@ -127,6 +133,7 @@ def check(
             f"{proxy['reset-request'] + proxy['reset-answer']} / {proxy['delayed']}",
             None,
         ),
+        *readonce_rows,
         ("OpenBao restarts (data kept)", str(driver.restarts), driver.restarts >= cfg.vault_restarts),
         ("wall time", f"{seconds:.0f}s", None),
     ]
@@ -134,7 +141,70 @@ def check(
     details = (
         idle_consumers + lost + orphans + doubles + early + [f"leak in {p}" for p in leaked] + tracebacks
     )
+    details += readonce_details
     details += [f"{c.name}: 401 {f}" for c in consumers for f in c.failures]
     if failures:
         (world.workdir / "failures.txt").write_text("\n".join(failures + details) + "\n")
     return ChaosReport(rows, failures + details[:50], done, seconds, world.workdir)
+
+
+Row = tuple[str, str, bool | None]
+
+
+def readonce(
+    world: World, entries: Sequence[Mapping[str, Any]], deaths: Sequence[Any]
+) -> tuple[list[Row], list[str]]:
+    """The read-once services' rows: each serves the final key from one live generation, no
+    generation ever met a 401, each attempt restarted its service once (twice at most when a
+    pass died during the roll), every read-once key rotated, and each GitHub secret holds the
+    final key. Stops the services (after looking at which are live)."""
+    if not world.services:
+        return [], []
+    details: list[str] = []
+    not_final, not_single = [], []
+    published = world.published()
+    for name, service in world.services.items():
+        final = read_key(service.env_file, SERVICE_VAR)
+        live = service.totals().running
+        if len(live) != 1:
+            not_single.append(f"{name}: {len(live)} live generations {[g.pid for g in live]}")
+        if final is None or any(g.fingerprint != fingerprint(final) for g in live) or not live:
+            not_final.append(f"{name}: serving {[g.prefix for g in live]}, final key {(final or '')[:13]}")
+        if final is None or published.get(name) != final:
+            not_final.append(f"{name}: the GitHub secret does not hold the final key")
+        service.stop()
+    totals = {name: s.totals() for name, s in world.services.items()}
+    gens = {
+        name: [(g.fingerprint, parse_time(g.started_at)) for g in t.generations] for name, t in totals.items()
+    }
+    attempts = invariants.restarts(entries, gens, deaths)
+    bad = [a for a in attempts if not a.ok]
+    details += not_single + not_final
+    details += [
+        f"{a.key}: attempt {a.attempt} restarted {a.restarts}x (rolled {a.rolled}, hit {a.hit})" for a in bad
+    ]
+    requests = sum(t.requests for t in totals.values())
+    auth = sum(t.auth_failures for t in totals.values())
+    idle = [name for name, t in totals.items() if t.accepted == 0]
+    details += [f"{name}: service never made an accepted call" for name in idle]
+    completed = Counter(str(e.get("key")) for e in entries if e["event"] == "revoked")
+    fewest = min(completed[name] for name in world.services)
+    most = max((a.restarts for a in attempts), default=0)
+    rows: list[Row] = [
+        (
+            "read-once services: requests (refused 5xx/429) / generations",
+            f"{requests} ({sum(t.other_failures for t in totals.values())}) / "
+            f"{sum(len(t.generations) for t in totals.values())}",
+            requests > 0 and not idle,
+        ),
+        ("read-once auth failures (401, every generation)", str(auth), auth == 0),
+        ("read-once: not serving the final key (service, GitHub)", str(len(not_final)), not not_final),
+        ("read-once services without exactly one live generation", str(len(not_single)), not not_single),
+        (
+            "restarts per attempt: most / attempts / after a crash",
+            f"{most} / {len(attempts)} / {sum(a.hit for a in attempts)}",
+            not bad and bool(attempts),
+        ),
+        ("read-once rotations completed (fewest for one key)", str(fewest), fewest >= 1),
+    ]
+    return rows, details

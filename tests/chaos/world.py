@@ -1,9 +1,12 @@
 """The world a chaos run rotates keys in: the vendor emulator, moto and OpenBao behind fault
 proxies, file targets, a rotation file with many agent keys fanned out to 1-3 targets of
-different kinds, and one consumer per target."""
+different kinds, and one consumer per target. Some keys (``readonce``) are also read by a
+service that reads its key once at start and is restarted by the key's ``command`` consumer;
+those keys also have a write-only target, a GitHub Actions secret on the fake GitHub API."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -14,11 +17,14 @@ from providers import open_store
 from rotator.abc import TargetState
 from rotator.sandbox.emulator import EmulatorServer
 from rotator.spec import AwsTarget, VaultTarget, load_rotation_file
-from tests.chaos.consumers import Consumer, Reader, aws_reader, file_reader, vault_reader
+from tests.chaos.consumers import Consumer, Reader, ReadOnceService, aws_reader, file_reader, vault_reader
 from tests.chaos.proxy import FaultProxy
 from tests.chaos.servers import MotoServer, OpenBao, aws_env
+from tests.fakes.github_api import FakeGitHub
 
 ADMIN_ENV = "CHAOS_ADJUDON_ADMIN_KEY"
+GITHUB_ENV = "CHAOS_GITHUB_TOKEN"
+SERVICE_VAR = "ADJUDON_API_KEY"
 KINDS = ("vault", "aws", "file")
 FILE_FORMATS = (("dotenv", "ADJUDON_API_KEY", ".env"), ("json", "api_key", ".json"), ("raw", None, ".key"))
 
@@ -38,6 +44,20 @@ class KeyPlan:
     name: str
     agent_id: str
     targets: tuple[TargetPlan, ...]
+    """The readable targets each read by a consumer thread."""
+    extra: tuple[str, ...] = ()
+    """More targets' lines: a read-once key's service file and its GitHub secret."""
+    consumers: tuple[str, ...] = ()
+
+    @property
+    def readonce(self) -> bool:
+        return bool(self.consumers)
+
+
+def spread(count: int, among: int) -> set[int]:
+    """``count`` indices spread evenly over ``range(among)`` (all of them at most)."""
+    count = max(0, min(count, among))
+    return {j * among // count for j in range(count)} if count else set()
 
 
 @dataclass
@@ -47,9 +67,15 @@ class World:
     workdir: Path
     keys: int
     seed: int
+    readonce: int = 0
+    """How many keys have a read-once service and a ``command`` consumer."""
+    service_interval: tuple[float, float] = (0.1, 0.2)
     emulator: EmulatorServer = field(default_factory=EmulatorServer)
     plans: list[KeyPlan] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
+    services: dict[str, ReadOnceService] = field(default_factory=dict)
+    github: FakeGitHub | None = None
+    github_token: str = field(default="", repr=False)
     admin_key: str = field(default="", repr=False)
     bao: OpenBao | None = None
     moto: MotoServer | None = None
@@ -73,13 +99,19 @@ class World:
         self.bao = OpenBao(self.workdir / "openbao").start()
         self.aws_proxy = FaultProxy(("127.0.0.1", self.moto.port), seed=self.seed).start()
         self.vault_proxy = FaultProxy(("127.0.0.1", self.bao.port), seed=self.seed + 1).start()
-        self.plans = [self._plan(i) for i in range(self.keys)]
+        readonce = spread(self.readonce, self.keys)
+        if readonce:
+            self.github = FakeGitHub().start()
+            self.github_token = self.github.add_token()
+        self.plans = [self._plan(i, i in readonce) for i in range(self.keys)]
         return self
 
     def stop(self) -> None:
         for consumer in self.consumers:
             consumer.stop()
-        for part in (self.aws_proxy, self.vault_proxy, self.bao, self.moto, self.emulator):
+        for service in self.services.values():
+            service.stop()
+        for part in (self.aws_proxy, self.vault_proxy, self.bao, self.moto, self.emulator, self.github):
             if part is not None:
                 part.stop()
 
@@ -92,6 +124,7 @@ class World:
             **aws_env(),
             "VAULT_TOKEN": self.bao.root_token,
             ADMIN_ENV: self.admin_key,
+            GITHUB_ENV: self.github_token,
             "ROTATOR_RETRY_INITIAL": "0.05",
             "ROTATOR_RETRY_ATTEMPTS": "4",
             "ROTATOR_RETRY_MAX_TOTAL": "6",
@@ -101,7 +134,7 @@ class World:
 
     # ------------------------------------------------------------------ the rotation file
 
-    def _plan(self, i: int) -> KeyPlan:
+    def _plan(self, i: int, readonce: bool = False) -> KeyPlan:
         assert self.aws_proxy is not None and self.vault_proxy is not None
         name = f"k{i:02d}"
         targets = []
@@ -138,7 +171,33 @@ class World:
                 extra = f", format: {fmt}" + (f", field: {field_name}" if field_name else "")
                 path = f"secrets/{name}{suffix}"
                 targets.append(TargetPlan(kind, f"{{type: file, path: {path}{extra}}}", path, field_name))
+        if readonce:
+            return self._readonce_plan(KeyPlan(name, f"chaos-{name}", tuple(targets)), i)
         return KeyPlan(name, f"chaos-{name}", tuple(targets))
+
+    def _readonce_plan(self, plan: KeyPlan, i: int) -> KeyPlan:
+        """``plan`` with a service reading ``secrets/<name>.service.env`` once at start, the
+        ``command`` consumer that restarts it, and a GitHub secret as a write-only target."""
+        assert self.github is not None
+        low, high = self.service_interval
+        service = ReadOnceService(
+            plan.name,
+            self.workdir / "secrets" / f"{plan.name}.service.env",
+            SERVICE_VAR,
+            self.emulator.url,
+            self.workdir / "services" / plan.name,
+            interval=round(low + (high - low) * ((i * 7 + self.seed) % 10) / 9, 3),
+        )
+        self.services[plan.name] = service
+        repo = f"chaos/{plan.name}"
+        self.github.add_repo(repo)
+        extra = (
+            f"{{type: file, path: secrets/{plan.name}.service.env, format: dotenv, field: {SERVICE_VAR}}}",
+            f'{{type: github, repository: {repo}, secret_name: {SERVICE_VAR}, api_url: "{self.github.url}", '
+            f"token: {{env: {GITHUB_ENV}}}}}",
+        )
+        command = f"{{type: command, argv: {json.dumps(service.restart_argv())}, timeout: 40s}}"
+        return KeyPlan(plan.name, plan.agent_id, plan.targets, extra, (command,))
 
     def write_spec(
         self, *, max_age: str, drain: str, propagation: str, timeout: str, path: Path | None = None
@@ -164,6 +223,9 @@ class World:
                 "    targets:",
             ]
             lines += [f"      - {t.yaml}" for t in plan.targets]
+            lines += [f"      - {line}" for line in plan.extra]
+            if plan.consumers:
+                lines += ["    consumers:"] + [f"      - {line}" for line in plan.consumers]
         out = path or self.spec
         out.write_text("\n".join(lines) + "\n")
         return out
@@ -212,6 +274,8 @@ class World:
         for name, key in spec.keys.items():
             states = []
             for target in key.targets:
+                if getattr(target, "write_only", False):
+                    continue  # read back through the fake's private key: :meth:`published`
                 if isinstance(target, AwsTarget):
                     from providers.aws import open_store as open_aws
 
@@ -225,6 +289,12 @@ class World:
                 states.append((store.name, store.read()))
             out[name] = states
         return out
+
+    def published(self) -> dict[str, str | None]:
+        """Each read-once key's GitHub secret, opened with the fake's private key."""
+        if self.github is None:
+            return {}
+        return {name: self.github.secret(f"chaos/{name}", SERVICE_VAR) for name in self.services}
 
     def rotator(self, *args: str) -> list[str]:
         """The argv of a rotator process on this world's rotation file."""
