@@ -25,6 +25,7 @@ for each verified delivery. ``stats`` prints the sums over every generation in `
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import signal
@@ -293,7 +294,19 @@ def _claim(pidfile: Path, pid: int) -> None:
 
 def restart(args: ServeArgs, *, ready_timeout: float = 30.0) -> Generation:
     """Start a new generation, wait until it works, then stop the old one; the new one's record.
-    Interrupted (SIGTERM while waiting), it stops the new generation and leaves the old one."""
+    Interrupted (SIGTERM while waiting), it stops the new generation and leaves the old one.
+
+    Restarts of one service take turns (an exclusive lock beside the pidfile): a restart left
+    running by a rotator killed mid-roll and the next pass's restart of the same attempt would
+    otherwise both start a generation and stop only the one old process they both saw."""
+    lock = args.pidfile.with_name(args.pidfile.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        return _restart(args, ready_timeout)
+
+
+def _restart(args: ServeArgs, ready_timeout: float) -> Generation:
     old = read_pid(args.pidfile)
     proc = start(args)
     try:
